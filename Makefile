@@ -1,0 +1,40 @@
+# Two commands on a fresh machine with Python 3.11: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch stays pinned through constraints.txt: an unpinned torch pulls a multi-GB CUDA build.
+PIP_INSTALL := $(BIN)/pip install --quiet -c constraints.txt
+
+.PHONY: setup demo test test-fast lint format bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; run with PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) -e '.[dev]'
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/python tools/demo.py
+
+test: setup
+	$(BIN)/python -m pytest -q --durations=15
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10
+
+lint: setup
+	$(BIN)/ruff check fabricunlearn tests tools
+	$(BIN)/ruff format --check fabricunlearn tests tools
+
+format: setup
+	$(BIN)/ruff format fabricunlearn tests tools
+	$(BIN)/ruff check --fix fabricunlearn tests tools
+
+bench: setup
+	$(BIN)/python tools/bench_loop.py
+
+clean:
+	rm -rf $(VENV) .cache runs .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from fabricunlearn.cli import main
+
+sys.exit(main())

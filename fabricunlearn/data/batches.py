@@ -1,0 +1,65 @@
+"""Token tensors for training: forget documents with their secret-token masks, retain documents, padding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class TokenizedSet:
+    """Right-padded-on-demand documents: ids per document and, for forget sets, a per-token secret mask."""
+
+    input_ids: list[list[int]]
+    secret_mask: list[list[bool]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def target_counts(self) -> list[int]:
+        """Tokens each document contributes as next-token targets (all but the first)."""
+        return [max(len(ids) - 1, 0) for ids in self.input_ids]
+
+
+def tokenize_documents(tokenizer, rows: list[dict[str, Any]], max_length: int, with_secrets: bool) -> TokenizedSet:
+    """Tokenize `text` to at most `max_length` tokens. With secrets, token j is secret iff its character span
+    overlaps a secret's span `[start, end)` (the exact rule; the original's inclusive rule also marked tokens that
+    merely touch a secret, such as the closing quote)."""
+    texts = [row["text"] for row in rows]
+    enc = tokenizer(
+        texts,
+        max_length=max_length,
+        truncation=True,
+        add_special_tokens=False,
+        return_offsets_mapping=with_secrets,
+    )
+    ids = [list(x) for x in enc["input_ids"]]
+    if not with_secrets:
+        return TokenizedSet(ids)
+    masks = []
+    for row, offsets in zip(rows, enc["offset_mapping"]):
+        spans = [(int(s["start"]), int(s["end"])) for s in row["secrets"]]
+        masks.append([any(a < end and b > start for start, end in spans) for a, b in offsets])
+    return TokenizedSet(ids, masks)
+
+
+def collate(data: TokenizedSet, indices: list[int], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad the chosen documents; labels are -100 on padding."""
+    length = max(len(data.input_ids[i]) for i in indices)
+    batch = len(indices)
+    input_ids = torch.full((batch, length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, length), dtype=torch.long)
+    secret_mask = torch.zeros((batch, length), dtype=torch.bool)
+    for row, i in enumerate(indices):
+        ids = data.input_ids[i]
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+        if data.secret_mask is not None:
+            secret_mask[row, : len(ids)] = torch.tensor(data.secret_mask[i], dtype=torch.bool)
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if data.secret_mask is not None:
+        out["secret_mask"] = secret_mask
+    return out

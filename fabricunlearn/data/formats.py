@@ -1,0 +1,93 @@
+"""Reading and writing the row formats of DESIGN.md (corpus rows, scan rows), with one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+class DataError(ValueError):
+    """A data file is unusable; the message names the file (and line or row)."""
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{lineno}: not JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: a row must be a JSON object")
+            yield row
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL, Parquet or CSV file. `content` is accepted for `text`; `doc_id` defaults to the row number."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.suffix in (".parquet", ".csv"):
+        import pandas as pd
+
+        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        rows = frame.to_dict(orient="records")
+    else:
+        rows = list(iter_jsonl(path))
+    for i, row in enumerate(rows):
+        if "text" not in row and "content" in row:
+            row["text"] = row.pop("content")
+        if not isinstance(row.get("text"), str):
+            raise DataError(f"{path}: row {i} has no `text` (or `content`) string")
+        row.setdefault("doc_id", i)
+    return rows
+
+
+def read_secret_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Scan rows; checks that every secret's span holds its value, so a wrong offset fails here with its location."""
+    rows = read_rows(path)
+    for row in rows:
+        secrets = row.get("secrets")
+        if not isinstance(secrets, list):
+            raise DataError(f"{path}: doc {row['doc_id']!r} has no `secrets` list")
+        for j, s in enumerate(secrets):
+            try:
+                start, end, value = int(s["start"]), int(s["end"]), s["value"]
+            except (KeyError, TypeError, ValueError):
+                raise DataError(f"{path}: doc {row['doc_id']!r} secret {j} needs `value`, `start`, `end`") from None
+            if row["text"][start:end] != value:
+                raise DataError(f"{path}: doc {row['doc_id']!r} secret {j}: text[{start}:{end}] is not its value")
+    return rows
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]], private: bool = False) -> None:
+    """Write rows atomically (temp file + rename). `private`: owner-only permissions, for files holding secrets."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.chmod(tmp, 0o600 if private else 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)

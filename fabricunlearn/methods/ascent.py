@@ -1,0 +1,62 @@
+"""Gradient ascent and gradient difference: the two baselines every unlearning paper starts from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fabricunlearn.methods.base import Batch, Method, target_mask, token_nll
+from fabricunlearn.methods.registry import register
+
+
+@register
+@dataclass
+class GradientAscent(Method):
+    """Gradient ascent (GA): maximise the forget set's token NLL, `L = -mean_tokens NLL(forget)`.
+
+    The original (CodeEraser's `GradientAscent`) uses the model's built-in mean CE per micro-batch; here the mean
+    runs over every forget token of the optimizer step (`train.loss_reduction` selects the original's way).
+    """
+
+    name = "ga"
+
+    def term_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {"forget": target_mask(batch["forget"]).sum()} if "forget" in batch else {}
+
+    def loss(self, policy, reference, batch, norm):
+        forget_sum = token_nll(policy, batch["forget"]).sum()
+        return -forget_sum / norm["forget"], {"forget": forget_sum.detach()}
+
+
+@register
+@dataclass
+class GradientDifference(Method):
+    """Gradient difference (GD): ascent on the forget set, descent on the retain set.
+
+    `L = -mean_tokens NLL(forget) + retain_weight * mean_tokens NLL(retain)`, each mean over its own tokens of the
+    optimizer step. Under `train.schedule: two_phase` the forget term makes one step and the retain term the next.
+    """
+
+    name = "gd"
+    uses_retain = True
+    retain_weight: float = 1.0
+    """Weight of the descent term on the retain set."""
+
+    def __post_init__(self) -> None:
+        if self.retain_weight < 0:
+            raise ValueError(f"retain_weight must be >= 0, got {self.retain_weight}")
+
+    def term_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {part: target_mask(batch[part]).sum() for part in ("forget", "retain") if part in batch}
+
+    def loss(self, policy, reference, batch, norm):
+        loss = torch.zeros((), device=next(iter(batch.values()))["input_ids"].device)
+        sums: dict[str, torch.Tensor] = {}
+        if "forget" in batch:
+            sums["forget"] = token_nll(policy, batch["forget"]).sum()
+            loss = loss - sums["forget"] / norm["forget"]
+        if "retain" in batch:
+            sums["retain"] = token_nll(policy, batch["retain"]).sum()
+            loss = loss + self.retain_weight * sums["retain"] / norm["retain"]
+        return loss, {k: v.detach() for k, v in sums.items()}

@@ -1,0 +1,72 @@
+"""The method interface: a method turns micro-batches into a loss; the training loop owns everything else.
+
+A loss is a weighted sum of *terms*. Each term is a sum over tokens of the micro-batch divided by that term's
+normaliser, which the loop computes for the whole optimizer step (all micro-batches, all processes) before the
+first forward pass. Summing the micro-batch losses of a step therefore gives an exact per-token mean over the
+step, whatever the accumulation or the number of processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from fabricunlearn.config import RecipeError
+
+Batch = dict[str, dict[str, torch.Tensor]]
+"""`{"forget": {...}, "retain": {...}}`: the parts present are the ones the current phase feeds."""
+
+
+class Method:
+    """Base class. Subclasses are dataclasses whose fields are the method's hyper-parameters."""
+
+    name: ClassVar[str]
+    uses_retain: ClassVar[bool] = False
+    """Whether the method has a retain term (and so a retain phase in the two-phase schedule)."""
+    needs_reference: ClassVar[bool] = False
+    """Whether the method needs the frozen original model (KL terms)."""
+
+    @classmethod
+    def validate_args(cls, args: dict[str, Any]) -> None:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise RecipeError(f"method.args: unknown key(s) {unknown} for method {cls.name!r}; known: {sorted(known)}")
+        try:
+            cls(**args)
+        except (TypeError, ValueError) as err:
+            raise RecipeError(f"method.args: {err}") from None
+
+    def term_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Per term, the number of tokens it sums over in this micro-batch (from masks only, no forward pass)."""
+        raise NotImplementedError
+
+    def loss(
+        self, policy: torch.nn.Module, reference: torch.nn.Module | None, batch: Batch, norm: dict[str, float]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The micro-batch's share of the step loss, and per-term token sums for logging."""
+        raise NotImplementedError
+
+
+def target_mask(part: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Which shifted positions predict a real token: `[B, T-1]` bool."""
+    return part["labels"][:, 1:] != -100
+
+
+def token_nll(model: torch.nn.Module, part: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-position negative log-likelihood `[B, T-1]` in float32, zero where the target is padding."""
+    logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+    targets = part["labels"][:, 1:]
+    nll = F.cross_entropy(
+        logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none"
+    ).view_as(targets)
+    return nll
+
+
+def signature_help(cls: type[Method]) -> str:
+    doc = inspect.getdoc(cls) or ""
+    return doc.splitlines()[0] if doc else cls.name

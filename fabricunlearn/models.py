@@ -1,0 +1,114 @@
+"""Loading causal LMs and tokenizers from local folders, the pad token, the frozen reference model, exports."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+PAD_TOKEN = "[PAD]"
+
+
+class ModelError(ValueError):
+    """The model folder cannot be used; the message is one line naming the folder."""
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def load_tokenizer(path: str | Path):
+    """The folder's tokenizer with a pad token. Uses the tokenizer's own pad token where it has one; otherwise adds
+    `[PAD]` (the caller must then grow the embeddings, see `load_model_and_tokenizer`)."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"{path}: not a folder")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(f"{path}: no usable tokenizer ({str(err).splitlines()[0]})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    return tokenizer
+
+
+def load_model_and_tokenizer(path: str | Path, tokenizer_path: str | Path | None = None):
+    """A Hugging Face causal LM and its tokenizer, ready for training in float32.
+
+    The original always added a new `[PAD]` and resized the embeddings to `len(tokenizer)`, which *shrinks* the
+    padded vocabularies of CodeGen (51200) and Qwen2 (152064). Here the embeddings only ever grow, and only when a pad
+    token had to be added beyond the model's vocabulary.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    _quiet_transformers()
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path}: not a Hugging Face model folder (no config.json)")
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        raise ModelError(f"{path}: unreadable config.json ({str(err).splitlines()[0]})") from None
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelError(f"{path}: model type {config.model_type!r} is not a causal language model")
+    tokenizer = load_tokenizer(tokenizer_path or path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{path}: cannot load weights ({str(err).splitlines()[0]})") from None
+    embeddings = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def make_reference(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of the original model for KL terms. It is never set up as a trainable module, never enters a
+    checkpoint, and stays in eval mode (the original left its reference in train mode, dropout on)."""
+    reference = copy.deepcopy(model)
+    reference.eval()
+    reference.requires_grad_(False)
+    return reference
+
+
+def full_state_dict(fabric, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The complete, unsharded state dict on CPU (gathered on every rank under FSDP; read locally otherwise)."""
+    module = getattr(model, "module", model)  # Fabric's wrapper -> the strategy's module
+    if fabric.world_size == 1 or not torch.distributed.is_initialized():
+        inner = getattr(module, "module", module)
+        return {k: v.detach().cpu() for k, v in inner.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    inner = module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+    return get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def export_pretrained(fabric, model: torch.nn.Module, hf_model: torch.nn.Module, tokenizer, out: Path) -> None:
+    """Write `out` as a `save_pretrained` folder with the tokenizer, atomically: a reader never sees half a model."""
+    state = full_state_dict(fabric, model)
+    if fabric.global_rank == 0:
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        hf_model.save_pretrained(tmp, state_dict=state)
+        tokenizer.save_pretrained(tmp)
+        old = out.with_name(out.name + ".old")
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    fabric.barrier()

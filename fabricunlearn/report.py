@@ -1,0 +1,149 @@
+"""The end of a run: evaluate the best model, write evaluation.json, report.md and its plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from fabricunlearn.data.formats import write_json
+
+_SECRET_KEYS = ("ma", "el3", "el5", "el10")
+
+
+def finish_run(fabric, model, rd, run, state: dict, rule, out_dir: Path) -> Path:
+    """Restore the best model (the stopping rule's), evaluate it fully, and write the run's summary files."""
+    from fabricunlearn.train.checkpoint import existing_checkpoint
+    from fabricunlearn.train.loop import validate
+
+    best = existing_checkpoint(out_dir / "checkpoints" / "best.ckpt")
+    if best is not None:
+        fabric.load(best, {"model": model})
+    after = validate(fabric, model, rd, run, epoch=rule.best_epoch, with_el=True, full=True)
+    before = state["before"]
+    ma_threshold, el_threshold = rule.ma_threshold, rule.el_threshold
+    forgotten = after["forget/ma"] < ma_threshold and (
+        run.stop.el_n != 10
+        or after.get("forget/el10", math.inf) < el_threshold
+        or "did not improve" in (rule.stop_reason or "")
+    )
+    evaluation = {
+        "forget": _group(after, "forget"),
+        "kept": _group(after, "kept") if "kept/ma" in after else None,
+        "retain": None,  # sequence-level retain-set MA/EL: added with the evaluate command
+        "perplexity": after.get("unseen/perplexity"),
+        "humaneval": None,
+        "mia": None,
+        "thresholds": {"ma": ma_threshold, f"el{run.stop.el_n}": el_threshold},
+        "forgotten": bool(forgotten),
+        "before": {
+            "forget": _group(before, "forget"),
+            "kept": _group(before, "kept") if "kept/ma" in before else None,
+            "perplexity": before.get("unseen/perplexity"),
+        },
+        "best_epoch": rule.best_epoch,
+        "epochs": state["epoch"],
+        "steps": state["step"],
+        "stop_reason": rule.stop_reason,
+    }
+    if fabric.global_rank == 0:
+        write_json(out_dir / "evaluation.json", evaluation)
+        rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        plots = _plots(rows, before, after, ma_threshold, el_threshold, run.stop.el_n, out_dir)
+        (out_dir / "report.md").write_text(_markdown(run, evaluation, plots, out_dir))
+    fabric.barrier()
+    return out_dir
+
+
+def _group(row: dict, prefix: str) -> dict:
+    return {k: row[f"{prefix}/{k}"] for k in _SECRET_KEYS if f"{prefix}/{k}" in row}
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _markdown(run, ev: dict, plots: list[str], out_dir: Path) -> str:
+    b = ev["before"]
+    lines = [
+        f"# Unlearning run: {run.name or run.method.name}",
+        "",
+        f"- method: `{run.method.name}` {run.method.args or ''}",
+        f"- model: `{run.model.path or (run.data.world and f'toy world {run.data.world}')}`",
+        f"- forget set: `{run.data.forget}`; schedule `{run.train.schedule}`, lr {run.train.lr}",
+        f"- stopped: {ev['stop_reason']}",
+        f"- best epoch: {ev['best_epoch']} of {ev['epochs']} ({ev['steps']} optimizer steps); it is `final/`",
+        f"- **forgotten: {'yes' if ev['forgotten'] else 'no'}** (thresholds: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in ev["thresholds"].items())
+        + ")",
+        "",
+        "| | before | after | change |",
+        "|---|---|---|---|",
+    ]
+    for group in ("forget", "kept"):
+        if ev.get(group) is None or b.get(group) is None:
+            continue
+        for key, after in ev[group].items():
+            before = b[group].get(key)
+            change = after - before if before is not None else None
+            lines.append(f"| {group} {key.upper()} | {_fmt(before)} | {_fmt(after)} | {_fmt(change)} |")
+    if ev["perplexity"] is not None:
+        lines.append(
+            f"| unseen perplexity | {_fmt(b['perplexity'])} | {_fmt(ev['perplexity'])} | "
+            f"{_fmt(ev['perplexity'] - b['perplexity'])} |"
+        )
+    lines += ["", "`kept`: memorized secrets outside the forget set (collateral damage shows here).", ""]
+    lines += [f"![{Path(p).stem}]({p})" for p in plots]
+    lines += ["", f"TensorBoard: `tensorboard --logdir {out_dir / 'tensorboard'}`", ""]
+    return "\n".join(lines)
+
+
+def _plots(rows, before, after, ma_threshold, el_threshold, el_n, out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = [r for r in rows if "forget/ma" in r]
+    epochs = [r["epoch"] for r in evals]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    ax.plot(epochs, [r["forget/ma"] for r in evals], "o-", label="forget MA")
+    el_key = f"forget/el{el_n}"
+    el_points = [(r["epoch"], r[el_key]) for r in evals if el_key in r]
+    if el_points:
+        ax.plot(*zip(*el_points), "s-", label=f"forget EL{el_n}")
+    if any("kept/ma" in r for r in evals):
+        ax.plot(
+            [r["epoch"] for r in evals if "kept/ma" in r],
+            [r["kept/ma"] for r in evals if "kept/ma" in r],
+            "^-",
+            label="kept MA",
+            alpha=0.8,
+        )
+    ax.axhline(ma_threshold, color="C0", linestyle="--", linewidth=1, label="MA threshold")
+    ax.axhline(el_threshold, color="C1", linestyle=":", linewidth=1, label=f"EL{el_n} threshold")
+    ax.set_xlabel("epoch (0 = before unlearning)")
+    ax.set_ylabel("mean over secrets")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title("Memorization per epoch")
+    fig.tight_layout()
+    fig.savefig(out_dir / "memorization_per_epoch.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ma_before, ma_after = before.get("per_secret_ma", []), after.get("per_secret_ma", [])
+    ax.scatter(ma_before, ma_after, s=18)
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=1)
+    ax.axhline(ma_threshold, color="C0", linestyle="--", linewidth=1)
+    ax.set_xlabel("MA before")
+    ax.set_ylabel("MA after")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Forget-set secrets")
+    fig.tight_layout()
+    fig.savefig(out_dir / "per_secret_ma.png", dpi=110)
+    plt.close(fig)
+    return ["memorization_per_epoch.png", "per_secret_ma.png"]

@@ -1,0 +1,69 @@
+"""Named strategy presets -> configured Fabric strategy objects.
+
+`fabric run` can only pass registry names, so configured objects (wrap policies, state-dict types) are built
+here from a name when `fabricunlearn run` launches Fabric itself.
+
+| name               | what it builds                                                              | where it runs |
+|--------------------|-----------------------------------------------------------------------------|---------------|
+| auto, ddp          | Fabric's own                                                                | CPU and GPU   |
+| fsdp               | FSDPStrategy wrapping each decoder layer, sharded checkpoints                | GPU           |
+| fsdp2              | ModelParallelStrategy applying FSDP2 `fully_shard` per decoder layer         | CPU and GPU   |
+| deepspeed_stage_2  | DeepSpeedStrategy(stage=2)                                                   | GPU           |
+| deepspeed_stage_3  | DeepSpeedStrategy(stage=3)                                                   | GPU           |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fabricunlearn.config import RecipeError
+
+STRATEGIES = ("auto", "ddp", "fsdp", "fsdp2", "deepspeed_stage_2", "deepspeed_stage_3")
+_GPU_ONLY = {"fsdp", "deepspeed_stage_2", "deepspeed_stage_3"}
+
+
+def decoder_layer_classes(model: torch.nn.Module) -> set[type[torch.nn.Module]]:
+    """The model's repeated blocks (from transformers' `_no_split_modules`), the natural unit to shard and wrap."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    return {type(m) for m in model.modules() if type(m).__name__ in names}
+
+
+def _fsdp2_parallelize(layer_classes: set[type[torch.nn.Module]]):
+    def parallelize(module: torch.nn.Module, device_mesh) -> torch.nn.Module:
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = device_mesh["data_parallel"]
+        for sub in module.modules():
+            if type(sub) in layer_classes:
+                fully_shard(sub, mesh=mesh)
+        fully_shard(module, mesh=mesh)
+        return module
+
+    return parallelize
+
+
+def build_strategy(name: str, accelerator: str, layer_classes: set[type[torch.nn.Module]] | None = None) -> Any:
+    if name not in STRATEGIES:
+        raise RecipeError(f"strategy: unknown {name!r}; known: {', '.join(STRATEGIES)}")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if name in _GPU_ONLY and on_cpu:
+        raise RecipeError(f"strategy: {name!r} needs CUDA GPUs (use `ddp` or `fsdp2` on CPU)")
+    if name in ("auto", "ddp"):
+        return name
+    if name == "fsdp":
+        from lightning.fabric.strategies import FSDPStrategy
+
+        return FSDPStrategy(auto_wrap_policy=layer_classes or None, state_dict_type="sharded", limit_all_gathers=True)
+    if name == "fsdp2":
+        from lightning.fabric.strategies import ModelParallelStrategy
+
+        return ModelParallelStrategy(parallelize_fn=_fsdp2_parallelize(layer_classes or set()))
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise RecipeError(f"strategy: {name!r} needs DeepSpeed: pip install -c constraints.txt -e '.[gpu]'") from None
+    from lightning.fabric.strategies import DeepSpeedStrategy
+
+    return DeepSpeedStrategy(stage=int(name[-1]))

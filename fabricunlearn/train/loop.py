@@ -1,0 +1,422 @@
+"""The unlearning run: `setup` (the recipe's signature) -> `main` -> `fit` (epochs of optimizer steps) -> `validate`.
+
+Read it top to bottom: `setup` builds Fabric and launches `main` on every process; `main` loads the model and
+the data, restores a checkpoint if there is one, and calls `fit`; `fit` runs epochs, each a short list of
+optimizer steps planned by `plan.py`, then `validate` and the stopping rule; the best model becomes `final/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+import yaml
+
+from fabricunlearn.config import DataArgs, EvalArgs, LogArgs, MethodArgs, ModelArgs, StopArgs, TrainArgs
+from fabricunlearn.train.data import RunData, load_run_data
+from fabricunlearn.train.plan import Step, micro_batches, plan_epoch, steps_per_epoch
+from fabricunlearn.train.stopping import StoppingRule
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+def setup(
+    model: ModelArgs = ModelArgs(),
+    data: DataArgs = DataArgs(),
+    method: MethodArgs = MethodArgs(),
+    train: TrainArgs = TrainArgs(),
+    eval: EvalArgs = EvalArgs(),
+    stop: StopArgs = StopArgs(),
+    log: LogArgs = LogArgs(),
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    precision: str = "32-true",
+    name: str | None = None,
+    out_dir: Path | None = None,
+    resume: bool | Literal["auto"] = "auto",
+) -> Path:
+    """Unlearn a forget set from a causal LM and write the run directory.
+
+    Args:
+        model: The model to unlearn from.
+        data: Forget, retain, kept and unseen sets, or a toy world that provides them.
+        method: The unlearning method and its hyper-parameters.
+        train: Optimizer, batching and schedule.
+        eval: Per-epoch and final evaluation.
+        stop: Thresholds and the CodeEraser stopping rule.
+        log: TensorBoard, metrics.jsonl and the progress bar.
+        accelerator: `cpu`, `gpu`/`cuda` or `auto`.
+        devices: Processes (devices) per node.
+        num_nodes: Nodes.
+        strategy: `auto`, `ddp`, `fsdp`, `fsdp2`, `deepspeed_stage_2`, `deepspeed_stage_3` (see docs/scaling.md).
+        precision: Fabric precision, e.g. `32-true`, `bf16-mixed`, `16-mixed`, `bf16-true`.
+        name: Run name; with no `out_dir` the run goes to `runs/<name>/version_<N>` (default: the recipe's file name).
+        out_dir: The run directory.
+        resume: `auto` resumes from `out_dir/checkpoints/last.ckpt` when it exists; `true` requires it; `false` starts over.
+
+    Returns the run directory.
+    """
+    import lightning as L
+    from lightning.fabric.connector import _is_using_cli
+
+    from fabricunlearn.strategies import build_strategy
+    from fabricunlearn.train.data import model_layer_classes, resolve_model_path
+
+    run = RunConfig(
+        model,
+        data,
+        method,
+        train,
+        eval,
+        stop,
+        log,
+        accelerator,
+        devices,
+        num_nodes,
+        strategy,
+        precision,
+        name,
+        out_dir,
+        resume,
+    )
+    if data.world is not None:  # before any process group exists; concurrent processes wait on the world's lock
+        from fabricunlearn.toy import ensure_world
+
+        ensure_world(data.world, data.world_dir, progress=log.progress_bar)
+    using_cli = _is_using_cli()
+    if using_cli:  # `fabric run` decides the launch settings; explicit, differing values would raise in Fabric
+        fabric = L.Fabric()
+    else:
+        layers = model_layer_classes(resolve_model_path(model, data)) if strategy in ("fsdp", "fsdp2") else None
+        fabric = L.Fabric(
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy=build_strategy(strategy, accelerator, layers),
+            precision=precision,
+        )
+        fabric.launch()
+    return main(fabric, run)
+
+
+@dataclasses.dataclass
+class RunConfig:
+    model: ModelArgs
+    data: DataArgs
+    method: MethodArgs
+    train: TrainArgs
+    eval: EvalArgs
+    stop: StopArgs
+    log: LogArgs
+    accelerator: str
+    devices: int | str
+    num_nodes: int
+    strategy: str
+    precision: str
+    name: str | None
+    out_dir: Path | None
+    resume: bool | str
+
+    def dump(self) -> dict:
+        """The recipe as `hyperparameters.yaml` holds it: re-running it starts the same run in a new directory."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        out["train"]["betas"] = list(out["train"]["betas"])
+        out["out_dir"] = None
+        out["resume"] = "auto"
+        return out
+
+
+def _resolve_out_dir(fabric, run: RunConfig) -> Path:
+    """Rank 0 picks the directory (the next free `runs/<name>/version_<N>`) and tells the others."""
+    out = None
+    if fabric.global_rank == 0:
+        if run.out_dir is not None:
+            out = Path(run.out_dir)
+        else:
+            base = Path("runs") / (run.name or run.method.name)
+            n = 0
+            while (base / f"version_{n}").exists():
+                n += 1
+            out = base / f"version_{n}"
+        out.mkdir(parents=True, exist_ok=True)
+        out = str(out.resolve())
+    return Path(fabric.broadcast(out))
+
+
+def main(fabric, run: RunConfig) -> Path:
+    from lightning.fabric.loggers import TensorBoardLogger
+
+    from fabricunlearn.methods import build_method
+    from fabricunlearn.train.checkpoint import existing_checkpoint
+
+    out_dir = _resolve_out_dir(fabric, run)
+    if run.log.tensorboard:
+        fabric.loggers.append(TensorBoardLogger(root_dir=out_dir, name="tensorboard", version=""))
+    if fabric.global_rank == 0:
+        (out_dir / "hyperparameters.yaml").write_text(yaml.safe_dump(run.dump(), sort_keys=False))
+    fabric.seed_everything(run.train.seed)
+
+    method = build_method(run.method.name, run.method.args)
+    rd = load_run_data(fabric, run, needs_retain=method.uses_retain)
+    reference = None
+    if method.needs_reference:
+        from fabricunlearn.models import make_reference
+
+        reference = fabric.to_device(make_reference(rd.model))
+    optimizer = _optimizer(run.train, rd.model)
+    model, optimizer = fabric.setup(rd.model, optimizer)
+    scheduler = _scheduler(run, optimizer, rd, method, fabric.world_size)
+    ma_threshold, el_threshold = run.stop.resolve(rd.world_dir)
+    rule = StoppingRule(ma_threshold, el_threshold, run.stop.el_n, run.stop.margin, run.stop.patience)
+    state = {
+        "model": model,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "epoch": 0,
+        "step": 0,
+        "stopping": rule.state_dict(),
+        "before": None,
+        "best": None,
+    }
+
+    ckpt = existing_checkpoint(out_dir / "checkpoints" / "last.ckpt")
+    if run.resume is True and ckpt is None:
+        raise FileNotFoundError(f"resume: no checkpoint in {out_dir / 'checkpoints'}")
+    records = _Records(fabric, out_dir)
+    if run.resume and ckpt is not None:
+        fabric.load(ckpt, state)
+        rule.load_state_dict(state["stopping"])
+        records.metrics.truncate_after(state["epoch"])
+        fabric.print(f"Resumed from {ckpt} at epoch {state['epoch']} (step {state['step']}).")
+    else:
+        records.metrics.truncate_after(-1)
+        state["before"] = validate(fabric, model, rd, run, epoch=0, with_el=True, full=True)
+        records.log_eval(state["before"], step=0)
+
+    fit(fabric, model, optimizer, scheduler, method, reference, rd, run, state, rule, records, out_dir)
+
+    from fabricunlearn.report import finish_run
+
+    return finish_run(fabric, model, rd, run, state, rule, out_dir)
+
+
+class _Records:
+    """metrics.jsonl (rank 0) and TensorBoard scalars, written together."""
+
+    def __init__(self, fabric, out_dir: Path) -> None:
+        from fabricunlearn.train.records import MetricsFile
+
+        self.fabric = fabric
+        self.metrics = MetricsFile(out_dir / "metrics.jsonl", enabled=fabric.global_rank == 0)
+
+    def log_eval(self, row: dict, step: int) -> None:
+        self.metrics.append(row)
+        self.fabric.log_dict({k: v for k, v in row.items() if "/" in k and _finite(v)}, step=step)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)
+
+
+def fit(fabric, model, optimizer, scheduler, method, reference, rd: RunData, run, state, rule, records, out_dir):
+    from tqdm.auto import tqdm
+
+    from fabricunlearn.models import export_pretrained
+    from fabricunlearn.train.checkpoint import save_checkpoint
+
+    tr = run.train
+    global_batch = tr.micro_batch_size * tr.accumulate * fabric.world_size
+    n_retain = len(rd.retain) if rd.retain is not None else 0
+    per_epoch = steps_per_epoch(tr.schedule, len(rd.forget), n_retain, method.uses_retain, global_batch)
+    bar = tqdm(
+        total=run.stop.max_epochs * per_epoch,
+        initial=state["epoch"] * per_epoch,
+        desc="unlearning",
+        unit="step",
+        disable=not (run.log.progress_bar and fabric.global_rank == 0),
+        dynamic_ncols=True,
+    )
+    ckpt_path = out_dir / "checkpoints" / "last.ckpt"
+    while rule.stop_reason is None and state["epoch"] < run.stop.max_epochs:
+        epoch = state["epoch"] + 1
+        plan = plan_epoch(
+            schedule=tr.schedule,
+            n_forget=len(rd.forget),
+            n_retain=n_retain,
+            uses_retain=method.uses_retain,
+            global_batch=global_batch,
+            seed=tr.seed,
+            epoch=epoch,
+            shuffle=tr.shuffle,
+        )
+        done_in_epoch = state["step"] - (epoch - 1) * per_epoch
+        for k, step in enumerate(plan):
+            if k < done_in_epoch:  # resumed mid-epoch: these steps are already in the weights
+                continue
+            logs = train_step(fabric, model, optimizer, method, reference, rd, run, step)
+            if not math.isfinite(logs["train/loss"]) or not math.isfinite(logs["train/grad_norm"]):
+                bar.close()
+                raise TrainingDiverged(
+                    f"epoch {epoch} step {state['step'] + 1}: loss {logs['train/loss']}, grad norm "
+                    f"{logs['train/grad_norm']}; stopped without updating; the last good checkpoint is {ckpt_path}"
+                )
+            scheduler.step()
+            state["step"] += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{logs['train/loss']:.3f}")
+            if state["step"] % run.log.every_n_steps == 0:
+                fabric.log_dict(logs, step=state["step"])
+            if tr.save_every_steps and state["step"] % tr.save_every_steps == 0 and k + 1 < len(plan):
+                save_checkpoint(fabric, ckpt_path, state | {"stopping": rule.state_dict()})
+        row = validate(fabric, model, rd, run, epoch=epoch, with_el=rule.needs_el, full=False)
+        el = row.get(f"forget/el{run.stop.el_n}")
+        improved = rule.update(epoch, row["forget/ma"], el)
+        row.update({"step": state["step"], "best_epoch": rule.best_epoch, "el_gate_open": rule.el_gate_open})
+        if improved:
+            export_pretrained(fabric, model, rd.model, rd.tokenizer, out_dir / "final")
+            save_checkpoint(fabric, out_dir / "checkpoints" / "best.ckpt", {"model": model})
+            state["best"] = row
+        records.log_eval(row, step=state["step"])
+        bar.set_postfix(epoch=epoch, ma=f"{row['forget/ma']:.3f}", best=rule.best_epoch)
+        state["epoch"] = epoch
+        save_checkpoint(fabric, ckpt_path, state | {"stopping": rule.state_dict()})
+    bar.close()
+    if rule.stop_reason is None:
+        rule.stop_reason = f"reached stop.max_epochs = {run.stop.max_epochs} without meeting the thresholds"
+
+
+def train_step(fabric, model, optimizer, method, reference, rd: RunData, run, step: Step) -> dict[str, float]:
+    """One optimizer step over `step`'s documents: every rank runs the same number of micro-batches."""
+    from fabricunlearn.data.batches import collate
+
+    tr = run.train
+    started = time.perf_counter()
+    world, rank = fabric.world_size, fabric.global_rank
+    parts = {name: getattr(step, name) for name in ("forget", "retain") if getattr(step, name)}
+    sets = {"forget": rd.forget, "retain": rd.retain}
+    # Every rank's micro-batches, to normalise each loss term by its token count over the whole step.
+    chunks = {
+        name: [micro_batches(idx, world, r, tr.micro_batch_size) for r in range(world)] for name, idx in parts.items()
+    }
+    n_micro = max(len(c[0]) for c in chunks.values())
+
+    if len({len(c[0]) for c in chunks.values()}) > 1:
+        raise ValueError("a step's forget and retain parts must split into the same number of micro-batches")
+
+    def micro(r: int, k: int, real_only: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+        """Rank r's k-th micro-batch. A rank whose share ran out gets a stand-in document (weight 0 below)."""
+        out = {}
+        for name, c in chunks.items():
+            if c[r][k] or not real_only:
+                out[name] = collate(sets[name], c[r][k] or parts[name][:1], rd.pad_token_id)
+        return out
+
+    counts: dict[str, float] = {}
+    slots_with: dict[str, int] = {}  # per term, how many micro-batches (all ranks) contribute to it
+    per_micro: list[dict[str, float]] = []
+    for r in range(world):
+        for k in range(n_micro):
+            tc = {t: float(v) for t, v in method.term_counts(micro(r, k, real_only=True)).items()}
+            for t, v in tc.items():
+                counts[t] = counts.get(t, 0.0) + v
+                slots_with[t] = slots_with.get(t, 0) + 1
+            if r == rank:
+                per_micro.append(tc)
+
+    model.train()
+    total_loss = torch.zeros((), device=fabric.device)
+    sums: dict[str, torch.Tensor] = {}
+    tokens = sum(int(sum(len(sets[n].input_ids[i]) for i in idx)) for n, idx in parts.items())
+    for k in range(n_micro):
+        batch = fabric.to_device(micro(rank, k))
+        local = per_micro[k]
+        if tr.loss_reduction == "token":
+            norm = {t: max(counts.get(t, 0.0), 1.0) for t in counts}
+        else:  # the original: each micro-batch's own mean, averaged over the step's micro-batches
+            norm = {t: max(local.get(t, 0.0), 1.0) * slots_with[t] for t in counts}
+        with fabric.no_backward_sync(model, enabled=k + 1 < n_micro):
+            loss, term_sums = method.loss(model, reference, batch, norm)
+            weight = 1.0 if local else 0.0  # an empty slot on this rank: same passes, no contribution
+            fabric.backward(loss * weight * world)  # DDP/FSDP average gradients over ranks; the norms already did
+        total_loss += loss.detach() * weight
+        for t, v in term_sums.items():
+            if t in local:
+                sums[t] = sums.get(t, torch.zeros((), device=fabric.device)) + v
+    max_norm = tr.clip_grad_norm if tr.clip_grad_norm is not None else float("inf")
+    grad_norm = fabric.clip_gradients(model, optimizer, max_norm=max_norm, error_if_nonfinite=False)
+    loss_value = fabric.all_reduce(total_loss, reduce_op="sum") if world > 1 else total_loss
+    if math.isfinite(loss_value.item()) and math.isfinite(float(grad_norm)):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    elapsed = time.perf_counter() - started
+    logs = {
+        "train/loss": loss_value.item(),
+        "train/grad_norm": float(grad_norm),
+        "train/lr": optimizer.param_groups[0]["lr"],
+        "train/tokens_per_s": tokens / elapsed,
+    }
+    for t in counts:
+        s = sums.get(t, torch.zeros((), device=fabric.device))
+        s = fabric.all_reduce(s, reduce_op="sum") if world > 1 else s
+        logs[f"train/{t}_nll"] = s.item() / max(counts[t], 1.0)
+    return logs
+
+
+def validate(fabric, model, rd: RunData, run, *, epoch: int, with_el: bool, full: bool) -> dict:
+    """Forget-set MA (and EL_n when the stopping rule needs it); kept-secret MA; with `full`, every EL_n and the
+    unseen perplexity."""
+    from fabricunlearn.train.evaluation import evaluate_secrets, perplexity, summarize
+
+    ev = run.eval
+    kwargs = dict(pad_token_id=rd.pad_token_id, eos_token_id=rd.eos_token_id, batch_size=ev.batch_size)
+    ns = sorted(set(ev.el_ns) | {run.stop.el_n}) if full else ([run.stop.el_n] if with_el else [])
+    row: dict = {"epoch": epoch}
+    forget = evaluate_secrets(fabric, model, rd.forget_secrets, ns=ns, **kwargs)
+    row.update(summarize(forget, "forget"))
+    if rd.kept_secrets is not None and (full or ev.kept_every_epoch):
+        row.update(summarize(evaluate_secrets(fabric, model, rd.kept_secrets, ns=ns if full else [], **kwargs), "kept"))
+    if full and rd.unseen is not None:
+        row["unseen/perplexity"] = perplexity(
+            fabric, model, rd.unseen, pad_token_id=rd.pad_token_id, batch_size=max(1, ev.batch_size // 4)
+        )
+    if full:
+        row["per_secret_ma"] = forget["ma"].tolist()
+    return row
+
+
+def _optimizer(tr: TrainArgs, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if tr.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=tr.lr, weight_decay=tr.weight_decay)
+    cls = torch.optim.AdamW if tr.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=tr.lr, betas=tuple(tr.betas), eps=tr.eps, weight_decay=tr.weight_decay)
+
+
+def _scheduler(run, optimizer, rd: RunData, method, world_size: int):
+    tr = run.train
+    global_batch = tr.micro_batch_size * tr.accumulate * world_size
+    n_retain = len(rd.retain) if rd.retain is not None else 0
+    total = run.stop.max_epochs * steps_per_epoch(
+        tr.schedule, len(rd.forget), n_retain, method.uses_retain, global_batch
+    )
+
+    def factor(step: int) -> float:
+        if step < tr.warmup_steps:
+            return (step + 1) / (tr.warmup_steps + 1)
+        if tr.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - tr.warmup_steps) / max(1, total - tr.warmup_steps))
+        return 1.0 - progress if tr.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

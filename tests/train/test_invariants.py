@@ -1,0 +1,98 @@
+"""TRL-style invariants of the loop: how the data is batched or spread over processes must not change the update."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fabricunlearn.cli import run
+from tests.conftest import REPO, tiny_recipe
+
+
+def _last_weights(out_dir):
+    state = torch.load(out_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    return state["model"]
+
+
+def _assert_same_weights(a: dict, b: dict, atol: float = 2e-6) -> None:
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst < atol, f"weights differ by up to {worst}"
+
+
+# SGD: its update is linear in the gradient, so float noise stays float noise (Adam divides tiny gradients by their
+# own tiny second moment and turns 1e-9 differences into lr-sized ones).
+SGD = {"train.optimizer": "sgd", "train.lr": 0.5}
+
+
+def _assert_moved(a: dict, reference_dir) -> None:
+    from safetensors.torch import load_file
+
+    init = load_file(reference_dir / "model" / "model.safetensors")
+    key = "transformer.h.0.mlp.c_fc.weight"
+    assert (a[key] - init[key]).abs().max() > 1e-4, "training did not change the weights: the test would prove nothing"
+
+
+@pytest.mark.parametrize("method", ["ga", "gd"])
+def test_batch_times_accumulation_is_invariant(tiny_world, tmp_path, method):
+    common = {
+        **SGD,
+        "method.name": method,
+        "train.schedule": "interleaved",
+        "train.shuffle": "false",
+        "stop.max_epochs": 2,
+    }
+    run(tiny_recipe(tiny_world, tmp_path / "b1x4", **common, **{"train.micro_batch_size": 1, "train.accumulate": 4}))
+    run(tiny_recipe(tiny_world, tmp_path / "b4x1", **common, **{"train.micro_batch_size": 4, "train.accumulate": 1}))
+    a, b = _last_weights(tmp_path / "b1x4"), _last_weights(tmp_path / "b4x1")
+    _assert_moved(a, tiny_world)
+    _assert_same_weights(a, b)
+
+
+def test_two_phase_step_is_invariant_to_micro_batch_size(tiny_world, tmp_path):
+    run(tiny_recipe(tiny_world, tmp_path / "mb1", **SGD, **{"train.micro_batch_size": 1}))
+    run(tiny_recipe(tiny_world, tmp_path / "mb6", **SGD, **{"train.micro_batch_size": 6}))
+    _assert_same_weights(_last_weights(tmp_path / "mb1"), _last_weights(tmp_path / "mb6"))
+
+
+def test_microbatch_mean_option_differs_from_token_mean(tiny_world, tmp_path):
+    """The original's mean of micro-batch means weights short documents more; the option must really change it."""
+    run(tiny_recipe(tiny_world, tmp_path / "tok", **{"train.micro_batch_size": 1}))
+    run(
+        tiny_recipe(
+            tiny_world, tmp_path / "mbm", **{"train.micro_batch_size": 1, "train.loss_reduction": "microbatch_mean"}
+        )
+    )
+    a, b = _last_weights(tmp_path / "tok"), _last_weights(tmp_path / "mbm")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) > 1e-5
+
+
+def _run_subprocess(args: list[str]) -> None:
+    cmd = [sys.executable, "-m", "fabricunlearn", "run", *args]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_forget", [6, 5])
+def test_two_processes_equal_one(tiny_world, tmp_path, n_forget):
+    """DDP on 2 CPU processes reaches the weights of 1 process, also when the forget set does not divide evenly."""
+    from tests.conftest import build_tiny_world
+
+    world = tiny_world if n_forget == 6 else build_tiny_world(tmp_path / "world5", n_forget=5)
+    common = {
+        **SGD,
+        "train.schedule": "interleaved",
+        "train.micro_batch_size": 2,
+        "train.shuffle": "false",
+        "stop.max_epochs": 2,
+    }
+    # The same global batch: 2 documents x 2 accumulated micro-batches on one process, x 2 processes on two.
+    _run_subprocess(tiny_recipe(world, tmp_path / "one", **common, **{"train.accumulate": 2}))
+    _run_subprocess(tiny_recipe(world, tmp_path / "two", **common, devices=2, strategy="ddp"))
+    one, two = _last_weights(tmp_path / "one"), _last_weights(tmp_path / "two")
+    _assert_moved(one, world)
+    _assert_same_weights(one, two)
