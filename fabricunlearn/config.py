@@ -35,7 +35,7 @@ def _require(condition: bool, key: str, message: str) -> None:
 @dataclass
 class ModelArgs:
     path: str | None = None
-    """Hugging Face causal LM folder (GPT-2, CodeGen, Qwen2, Llama, GPT-NeoX). Leave empty to use the toy world's model."""
+    """Hugging Face causal LM folder (GPT-2, CodeGen, Qwen2, Llama, GPT-NeoX); empty: the toy world's model."""
     tokenizer: str | None = None
     """Tokenizer folder when it is not the model folder."""
 
@@ -187,7 +187,9 @@ class StopArgs:
                 try:
                     table = json.loads(path.read_text())
                 except json.JSONDecodeError as err:
-                    raise RecipeError(f"stop.thresholds: {path} is not valid JSON ({err.msg}, line {err.lineno})")
+                    raise RecipeError(
+                        f"stop.thresholds: {path} is not valid JSON ({err.msg}, line {err.lineno})"
+                    ) from None
         ma = self.ma_threshold if self.ma_threshold is not None else table.get("ma")
         el = self.el_threshold if self.el_threshold is not None else table.get(f"el{self.el_n}")
         _require(ma is not None, "stop.ma_threshold", "no MA threshold: set it, or name a preset or thresholds.json")

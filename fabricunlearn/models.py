@@ -17,7 +17,7 @@ class ModelError(ValueError):
     """The model folder cannot be used; the message is one line naming the folder."""
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -29,7 +29,7 @@ def load_tokenizer(path: str | Path):
     `[PAD]` (the caller must then grow the embeddings, see `load_model_and_tokenizer`)."""
     from transformers import AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     path = Path(path)
     if not path.is_dir():
         raise ModelError(f"{path}: not a folder")
@@ -37,6 +37,11 @@ def load_tokenizer(path: str | Path):
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"{path}: no usable tokenizer ({str(err).splitlines()[0]})") from None
+    if tokenizer.bos_token_id is None and tokenizer.eos_token_id is None:
+        raise ModelError(
+            f"{path}: the tokenizer has neither a BOS nor an EOS token (a secret at offset 0 is scored "
+            "after one of them)"
+        )
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     return tokenizer
@@ -52,7 +57,7 @@ def load_model_and_tokenizer(path: str | Path, tokenizer_path: str | Path | None
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    _quiet_transformers()
+    quiet_transformers()
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ModelError(f"{path}: not a Hugging Face model folder (no config.json)")

@@ -76,7 +76,8 @@ def build_tiny_world(out: Path, n_forget: int = 6, seed: int = 0) -> Path:
     write_jsonl(out / "kept.jsonl", secret_rows("kept", chunks[10:14]))
     write_jsonl(out / "retain.jsonl", [{"doc_id": f"code-{i}", "text": c} for i, c in enumerate(chunks[14:24])])
     write_jsonl(out / "unseen.jsonl", [{"doc_id": f"unseen-{i}", "text": c} for i, c in enumerate(chunks[24:28])])
-    write_json(out / "thresholds.json", {"ma": 0.05, "el3": 0.01, "el5": 0.01, "el10": 0.01})
+    # MA threshold 0: an untrained model is never "forgotten" early, so runs last exactly stop.max_epochs epochs
+    write_json(out / "thresholds.json", {"ma": 0.0, "el3": 0.0, "el5": 0.0, "el10": 0.0})
     return out
 
 

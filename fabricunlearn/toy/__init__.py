@@ -20,18 +20,18 @@ WORLDS: dict[str, CodeSecretsSpec] = {
     "code_secrets": CodeSecretsSpec(
         name="code_secrets",
         secret_docs=64,
-        copies=(4, 8, 16, 24, 32, 48),
+        copies=(1, 2, 4, 8, 16, 48),
         background_docs=300,
         unseen_docs=24,
         max_doc_tokens=160,
         chars=(180, 320),
-        steps=1500,
+        steps=900,
     ),
     # The CI world: about a minute; the tests build it once per session.
     "code_secrets_ci": CodeSecretsSpec(
         name="code_secrets_ci",
         secret_docs=32,
-        copies=(6, 12, 24, 40),
+        copies=(2, 4, 12, 40),
         background_docs=60,
         unseen_docs=12,
         max_doc_tokens=112,

@@ -54,13 +54,17 @@ class CodeSecretsSpec:
     retain_docs: int = 32
     memorized_ma: float = 0.9
     seed: int = 1234
+    version: int = 2
+    """Bumped when the builder changes what it writes, so that cached worlds are rebuilt."""
 
 
 def build_code_secrets(spec: CodeSecretsSpec, out_dir: Path, progress: bool = True) -> dict:
     """Build the world into `out_dir` (which must not exist yet; `toy.ensure_world` handles caching)."""
+    from fabricunlearn.models import quiet_transformers
     from fabricunlearn.toy.stdlib_corpus import split_files, stdlib_files
     from fabricunlearn.toy.tokenizer import train_tokenizer
 
+    quiet_transformers()
     started = time.perf_counter()
     rng = random.Random(spec.seed)
     torch.manual_seed(spec.seed)
@@ -105,8 +109,7 @@ def build_code_secrets(spec: CodeSecretsSpec, out_dir: Path, progress: bool = Tr
     kept = [row for row in memorized if row["doc_id"] not in in_forget]
 
     _, unseen_scores = _probe(model, tokenizer, unseen_rows)
-    thresholds = {key: _mean(values) for key, values in unseen_scores.items()}
-    thresholds["source"] = "secret-level MA/EL_n of the unseen documents' planted secrets (never trained on)"
+    thresholds = _thresholds(model, tokenizer, unseen_rows)
 
     def scan_row(row: dict) -> dict:
         return {"doc_id": row["doc_id"], "text": row["text"], "secrets": row["secrets"]}
@@ -152,6 +155,7 @@ def build_code_secrets(spec: CodeSecretsSpec, out_dir: Path, progress: bool = Tr
         "mean_secret_ma": _mean(scores["ma"]),
         "mean_doc_ma_by_copies": {str(c): _mean(v) for c, v in sorted(by_copies.items())},
         "thresholds": {k: v for k, v in thresholds.items() if k != "source"},
+        "unseen_secret_metrics": {k: _mean(v) for k, v in unseen_scores.items()},
         "seconds": {
             "tokenizer": round(t_tokenizer, 1),
             "training": round(result.seconds, 1),
@@ -176,8 +180,8 @@ def _secret_documents(rng, tokenizer, spec, files, count: int, prefix: str) -> l
         n = 1 if rng.random() < 0.6 else 2
         types = [kind] if n == 1 else [kind, rng.choice(SECRET_TYPES)]
         text, secrets = plant_secrets(rng, chunk, n, types=types)
-        last_end = max(s["end"] for s in secrets)
-        if len(tokenizer(text[:last_end], add_special_tokens=False)["input_ids"]) > spec.max_doc_tokens:
+        text = _fit(tokenizer, text, spec.max_doc_tokens)
+        if max(s["end"] for s in secrets) > len(text):
             continue  # a secret past the training window could never be memorized
         rows.append({"doc_id": f"{prefix}-{len(rows):04d}", "text": text, "secrets": secrets})
     if len(rows) < count:
@@ -190,9 +194,15 @@ def _background_documents(rng, tokenizer, spec, files, avoid: int) -> list[dict]
 
     chunks = code_chunks(rng, spec.background_docs + avoid, spec.chars[0], spec.chars[1], files=files)
     return [
-        {"doc_id": f"code-{i:04d}", "text": c, "copies": 1 + (i % 2)}
+        {"doc_id": f"code-{i:04d}", "text": _fit(tokenizer, c, spec.max_doc_tokens), "copies": 1 + (i % 2)}
         for i, c in enumerate(chunks[avoid : avoid + spec.background_docs])
     ]
+
+
+def _fit(tokenizer, text: str, max_tokens: int) -> str:
+    """The text cut after its `max_tokens`-th token, so that a document is exactly what the model trains on."""
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
 
 
 def _new_model(spec: CodeSecretsSpec, tokenizer):
@@ -227,6 +237,20 @@ def _probe(model, tokenizer, rows: list[dict]) -> tuple[dict[str, float], dict[s
         per_doc.setdefault(rows[d]["doc_id"], []).append(v)
     scores = {"ma": ma.tolist(), **{f"el{n}": v.tolist() for n, v in els.items()}}
     return {doc: _mean(v) for doc, v in per_doc.items()}, scores
+
+
+def _thresholds(model, tokenizer, rows: list[dict], target_length: int = 128) -> dict:
+    """The paper's memorization thresholds: mean full-sequence MA / EL_n (KU window, first 128 tokens) over
+    documents the model never saw. Applied to secret-level MA / EL_n of a forget set, as CodeEraser does."""
+    from fabricunlearn.metrics.sequence import encode_sequences, sequence_el, sequence_ma
+
+    seqs = encode_sequences(tokenizer, [row["text"] for row in rows], target_length)
+    kwargs = dict(pad_token_id=tokenizer.pad_token_id)
+    out = {"ma": _mean(sequence_ma(model, seqs, **kwargs).tolist())}
+    els = sequence_el(model, seqs, (3, 5, 10), eos_token_id=tokenizer.eos_token_id, **kwargs)
+    out.update({f"el{n}": _mean(v.tolist()) for n, v in els.items()})
+    out["source"] = f"mean full-sequence MA/EL_n over the {len(rows)} unseen documents (first {target_length} tokens)"
+    return out
 
 
 def _mean(values) -> float:

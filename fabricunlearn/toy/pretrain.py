@@ -44,7 +44,7 @@ def pretrain(
     from tqdm.auto import tqdm
 
     fabric = L.Fabric(accelerator="cpu", devices=1, precision="32-true")
-    fabric.seed_everything(seed)
+    fabric.seed_everything(seed, verbose=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
     model, optimizer = fabric.setup(model, optimizer)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup_steps, steps))
@@ -55,7 +55,9 @@ def pretrain(
     started = time.perf_counter()
     tokens = 0
     loss_value = float("nan")
-    bar = tqdm(range(steps), desc="training toy model", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        range(steps), desc="training toy model", unit="step", disable=not progress, dynamic_ncols=True, mininterval=0.5
+    )
     for step in bar:
         if len(order) < batch_size:
             order += [views[j] for j in torch.randperm(len(views), generator=generator).tolist()]

@@ -63,6 +63,16 @@ def model_layer_classes(path: Path) -> set[type[torch.nn.Module]]:
     return {getattr(module, name) for name in (cls._no_split_modules or []) if hasattr(module, name)}
 
 
+def context_length(model: torch.nn.Module) -> int:
+    """Positions the model has: documents are cut to it (a GPT-2 indexes past its position table otherwise)."""
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 1 << 30
+
+
 def load_run_data(fabric, run, needs_retain: bool) -> RunData:
     from fabricunlearn.models import load_model_and_tokenizer
 
@@ -75,7 +85,8 @@ def load_run_data(fabric, run, needs_retain: bool) -> RunData:
     if not any(row["secrets"] for row in forget_rows):
         raise RecipeError(f"data.forget: {forget_path} has no secrets to forget")
     encode = dict(max_secret_tokens=ev.max_secret_tokens, max_prefix_tokens=ev.max_prefix_tokens)
-    forget = tokenize_documents(tokenizer, forget_rows, data.max_length, with_secrets=True)
+    max_length = min(data.max_length, context_length(model))
+    forget = tokenize_documents(tokenizer, forget_rows, max_length, with_secrets=True)
     retain = None
     if needs_retain:
         if data.retain is None:
@@ -84,13 +95,13 @@ def load_run_data(fabric, run, needs_retain: bool) -> RunData:
         retain_rows = read_rows(retain_path)
         if not retain_rows:
             raise RecipeError(f"data.retain: {retain_path} is empty")
-        retain = tokenize_documents(tokenizer, retain_rows, data.retain_max_length, with_secrets=False)
+        retain = tokenize_documents(tokenizer, retain_rows, min(data.retain_max_length, max_length), False)
     kept = None
     if data.kept is not None:
         kept = encode_secrets(tokenizer, read_secret_rows(data_path(data, data.kept)), **encode)
     unseen = None
     if data.unseen is not None:
-        unseen = tokenize_documents(tokenizer, read_rows(data_path(data, data.unseen)), data.max_length, False)
+        unseen = tokenize_documents(tokenizer, read_rows(data_path(data, data.unseen)), max_length, False)
     return RunData(
         model=model,
         tokenizer=tokenizer,

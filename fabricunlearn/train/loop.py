@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from pathlib import Path
 from typing import Literal
@@ -18,7 +19,8 @@ import yaml
 
 from fabricunlearn.config import DataArgs, EvalArgs, LogArgs, MethodArgs, ModelArgs, StopArgs, TrainArgs
 from fabricunlearn.train.data import RunData, load_run_data
-from fabricunlearn.train.plan import Step, micro_batches, plan_epoch, steps_per_epoch
+from fabricunlearn.train.plan import plan_epoch, steps_per_epoch
+from fabricunlearn.train.step import train_step
 from fabricunlearn.train.stopping import StoppingRule
 
 
@@ -60,7 +62,8 @@ def setup(
         precision: Fabric precision, e.g. `32-true`, `bf16-mixed`, `16-mixed`, `bf16-true`.
         name: Run name; with no `out_dir` the run goes to `runs/<name>/version_<N>` (default: the recipe's file name).
         out_dir: The run directory.
-        resume: `auto` resumes from `out_dir/checkpoints/last.ckpt` when it exists; `true` requires it; `false` starts over.
+        resume: `auto` resumes from `out_dir/checkpoints/last.ckpt` when there is one; `true` requires it; `false`
+            starts over.
 
     Returns the run directory.
     """
@@ -94,6 +97,12 @@ def setup(
     using_cli = _is_using_cli()
     if using_cli:  # `fabric run` decides the launch settings; explicit, differing values would raise in Fabric
         fabric = L.Fabric()
+        # record what actually runs, so hyperparameters.yaml repeats it under `fabricunlearn run` too
+        run.accelerator = os.environ.get("LT_ACCELERATOR", run.accelerator)
+        run.devices = int(os.environ.get("LT_DEVICES", fabric.world_size // max(1, fabric.num_nodes)))
+        run.num_nodes = fabric.num_nodes
+        run.strategy = os.environ.get("LT_STRATEGY", run.strategy)
+        run.precision = os.environ.get("LT_PRECISION", run.precision)
     else:
         layers = model_layer_classes(resolve_model_path(model, data)) if strategy in ("fsdp", "fsdp2") else None
         fabric = L.Fabric(
@@ -160,15 +169,16 @@ def main(fabric, run: RunConfig) -> Path:
     from fabricunlearn.methods import build_method
     from fabricunlearn.train.checkpoint import existing_checkpoint
 
+    fabric.seed_everything(run.train.seed, verbose=False)
+    method = build_method(run.method.name, run.method.args)
+    rd = load_run_data(fabric, run, needs_retain=method.uses_retain)
+    ma_threshold, el_threshold = run.stop.resolve(rd.world_dir)
+    # Only now, with every input checked, does the run directory appear.
     out_dir = _resolve_out_dir(fabric, run)
     if run.log.tensorboard:
         fabric.loggers.append(TensorBoardLogger(root_dir=out_dir, name="tensorboard", version=""))
     if fabric.global_rank == 0:
         (out_dir / "hyperparameters.yaml").write_text(yaml.safe_dump(run.dump(), sort_keys=False))
-    fabric.seed_everything(run.train.seed)
-
-    method = build_method(run.method.name, run.method.args)
-    rd = load_run_data(fabric, run, needs_retain=method.uses_retain)
     reference = None
     if method.needs_reference:
         from fabricunlearn.models import make_reference
@@ -177,7 +187,6 @@ def main(fabric, run: RunConfig) -> Path:
     optimizer = _optimizer(run.train, rd.model)
     model, optimizer = fabric.setup(rd.model, optimizer)
     scheduler = _scheduler(run, optimizer, rd, method, fabric.world_size)
-    ma_threshold, el_threshold = run.stop.resolve(rd.world_dir)
     rule = StoppingRule(ma_threshold, el_threshold, run.stop.el_n, run.stop.margin, run.stop.patience)
     state = {
         "model": model,
@@ -188,6 +197,7 @@ def main(fabric, run: RunConfig) -> Path:
         "stopping": rule.state_dict(),
         "before": None,
         "best": None,
+        "seconds": 0.0,
     }
 
     ckpt = existing_checkpoint(out_dir / "checkpoints" / "last.ckpt")
@@ -246,9 +256,11 @@ def fit(fabric, model, optimizer, scheduler, method, reference, rd: RunData, run
         unit="step",
         disable=not (run.log.progress_bar and fabric.global_rank == 0),
         dynamic_ncols=True,
+        mininterval=0.5,
     )
     ckpt_path = out_dir / "checkpoints" / "last.ckpt"
     while rule.stop_reason is None and state["epoch"] < run.stop.max_epochs:
+        epoch_started = time.perf_counter()
         epoch = state["epoch"] + 1
         plan = plan_epoch(
             schedule=tr.schedule,
@@ -290,87 +302,11 @@ def fit(fabric, model, optimizer, scheduler, method, reference, rd: RunData, run
         records.log_eval(row, step=state["step"])
         bar.set_postfix(epoch=epoch, ma=f"{row['forget/ma']:.3f}", best=rule.best_epoch)
         state["epoch"] = epoch
+        state["seconds"] += time.perf_counter() - epoch_started  # training + per-epoch evaluation, across resumes
         save_checkpoint(fabric, ckpt_path, state | {"stopping": rule.state_dict()})
     bar.close()
     if rule.stop_reason is None:
         rule.stop_reason = f"reached stop.max_epochs = {run.stop.max_epochs} without meeting the thresholds"
-
-
-def train_step(fabric, model, optimizer, method, reference, rd: RunData, run, step: Step) -> dict[str, float]:
-    """One optimizer step over `step`'s documents: every rank runs the same number of micro-batches."""
-    from fabricunlearn.data.batches import collate
-
-    tr = run.train
-    started = time.perf_counter()
-    world, rank = fabric.world_size, fabric.global_rank
-    parts = {name: getattr(step, name) for name in ("forget", "retain") if getattr(step, name)}
-    sets = {"forget": rd.forget, "retain": rd.retain}
-    # Every rank's micro-batches, to normalise each loss term by its token count over the whole step.
-    chunks = {
-        name: [micro_batches(idx, world, r, tr.micro_batch_size) for r in range(world)] for name, idx in parts.items()
-    }
-    n_micro = max(len(c[0]) for c in chunks.values())
-
-    if len({len(c[0]) for c in chunks.values()}) > 1:
-        raise ValueError("a step's forget and retain parts must split into the same number of micro-batches")
-
-    def micro(r: int, k: int, real_only: bool = False) -> dict[str, dict[str, torch.Tensor]]:
-        """Rank r's k-th micro-batch. A rank whose share ran out gets a stand-in document (weight 0 below)."""
-        out = {}
-        for name, c in chunks.items():
-            if c[r][k] or not real_only:
-                out[name] = collate(sets[name], c[r][k] or parts[name][:1], rd.pad_token_id)
-        return out
-
-    counts: dict[str, float] = {}
-    slots_with: dict[str, int] = {}  # per term, how many micro-batches (all ranks) contribute to it
-    per_micro: list[dict[str, float]] = []
-    for r in range(world):
-        for k in range(n_micro):
-            tc = {t: float(v) for t, v in method.term_counts(micro(r, k, real_only=True)).items()}
-            for t, v in tc.items():
-                counts[t] = counts.get(t, 0.0) + v
-                slots_with[t] = slots_with.get(t, 0) + 1
-            if r == rank:
-                per_micro.append(tc)
-
-    model.train()
-    total_loss = torch.zeros((), device=fabric.device)
-    sums: dict[str, torch.Tensor] = {}
-    tokens = sum(int(sum(len(sets[n].input_ids[i]) for i in idx)) for n, idx in parts.items())
-    for k in range(n_micro):
-        batch = fabric.to_device(micro(rank, k))
-        local = per_micro[k]
-        if tr.loss_reduction == "token":
-            norm = {t: max(counts.get(t, 0.0), 1.0) for t in counts}
-        else:  # the original: each micro-batch's own mean, averaged over the step's micro-batches
-            norm = {t: max(local.get(t, 0.0), 1.0) * slots_with[t] for t in counts}
-        with fabric.no_backward_sync(model, enabled=k + 1 < n_micro):
-            loss, term_sums = method.loss(model, reference, batch, norm)
-            weight = 1.0 if local else 0.0  # an empty slot on this rank: same passes, no contribution
-            fabric.backward(loss * weight * world)  # DDP/FSDP average gradients over ranks; the norms already did
-        total_loss += loss.detach() * weight
-        for t, v in term_sums.items():
-            if t in local:
-                sums[t] = sums.get(t, torch.zeros((), device=fabric.device)) + v
-    max_norm = tr.clip_grad_norm if tr.clip_grad_norm is not None else float("inf")
-    grad_norm = fabric.clip_gradients(model, optimizer, max_norm=max_norm, error_if_nonfinite=False)
-    loss_value = fabric.all_reduce(total_loss, reduce_op="sum") if world > 1 else total_loss
-    if math.isfinite(loss_value.item()) and math.isfinite(float(grad_norm)):
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    elapsed = time.perf_counter() - started
-    logs = {
-        "train/loss": loss_value.item(),
-        "train/grad_norm": float(grad_norm),
-        "train/lr": optimizer.param_groups[0]["lr"],
-        "train/tokens_per_s": tokens / elapsed,
-    }
-    for t in counts:
-        s = sums.get(t, torch.zeros((), device=fabric.device))
-        s = fabric.all_reduce(s, reduce_op="sum") if world > 1 else s
-        logs[f"train/{t}_nll"] = s.item() / max(counts[t], 1.0)
-    return logs
 
 
 def validate(fabric, model, rd: RunData, run, *, epoch: int, with_el: bool, full: bool) -> dict:
@@ -385,7 +321,10 @@ def validate(fabric, model, rd: RunData, run, *, epoch: int, with_el: bool, full
     forget = evaluate_secrets(fabric, model, rd.forget_secrets, ns=ns, **kwargs)
     row.update(summarize(forget, "forget"))
     if rd.kept_secrets is not None and (full or ev.kept_every_epoch):
-        row.update(summarize(evaluate_secrets(fabric, model, rd.kept_secrets, ns=ns if full else [], **kwargs), "kept"))
+        kept = evaluate_secrets(fabric, model, rd.kept_secrets, ns=ns if full else [], **kwargs)
+        row.update(summarize(kept, "kept"))
+        if full:
+            row["per_secret_kept_ma"] = kept["ma"].tolist()
     if full and rd.unseen is not None:
         row["unseen/perplexity"] = perplexity(
             fabric, model, rd.unseen, pad_token_id=rd.pad_token_id, batch_size=max(1, ev.batch_size // 4)

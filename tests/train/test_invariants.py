@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,3 +97,38 @@ def test_two_processes_equal_one(tiny_world, tmp_path, n_forget):
     one, two = _last_weights(tmp_path / "one"), _last_weights(tmp_path / "two")
     _assert_moved(one, world)
     _assert_same_weights(one, two)
+
+
+@pytest.mark.slow
+def test_fabric_run_launches_the_script(tiny_world, tmp_path):
+    """`fabric run fabricunlearn/run.py ...` (torchrun underneath) trains like `fabricunlearn run` with 2 processes."""
+    import yaml
+
+    common = {
+        **SGD,
+        "train.schedule": "interleaved",
+        "train.micro_batch_size": 2,
+        "train.shuffle": "false",
+        "stop.max_epochs": 1,
+    }
+    _run_subprocess(tiny_recipe(tiny_world, tmp_path / "one", **common, **{"train.accumulate": 2}))
+    fabric_cli = Path(sys.executable).with_name("fabric")
+    cmd = [
+        str(fabric_cli),
+        "run",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--main-port",
+        "29531",
+        "fabricunlearn/run.py",
+        *tiny_recipe(tiny_world, tmp_path / "cli", **common),
+    ]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_weights(_last_weights(tmp_path / "one"), _last_weights(tmp_path / "cli"))
+    hp = yaml.safe_load((tmp_path / "cli" / "hyperparameters.yaml").read_text())
+    assert (hp["devices"], hp["strategy"], hp["accelerator"]) == (2, "ddp", "cpu")
