@@ -146,6 +146,7 @@ def _plots(rows, before, after, ma_threshold, el_threshold, el_n, out_dir: Path)
             [r["epoch"] for r in evals if "kept/ma" in r],
             [r["kept/ma"] for r in evals if "kept/ma" in r],
             "^-",
+            color="C2",
             label="kept MA",
             alpha=0.8,
         )
