@@ -3,6 +3,10 @@
 `fabric run` takes a script path and starts the processes itself (torchrun); `setup` sees `LT_CLI_USED` and
 neither builds a strategy nor calls `fabric.launch()`. Only Fabric's registry strategy names (ddp, fsdp,
 deepspeed_stage_2, ...) pass through `fabric run`; configured presets need `fabricunlearn run`.
+
+Give the launch settings to `fabric run` *before* the script: written after it, click still takes `--devices`,
+`--accelerator`, `--strategy` and `--precision` as the launcher's own (recipe overrides such as `--train.lr` are
+passed through). The run records what really ran in `hyperparameters.yaml`.
 """
 
 import sys

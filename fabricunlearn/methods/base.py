@@ -59,7 +59,8 @@ def target_mask(part: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def token_nll(model: torch.nn.Module, part: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-position negative log-likelihood `[B, T-1]` in float32, zero where the target is padding."""
-    logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+    # no KV cache: training never reuses it, and building it costs time and memory
+    logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], use_cache=False).logits
     targets = part["labels"][:, 1:]
     nll = F.cross_entropy(
         logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none"

@@ -99,8 +99,8 @@ def setup(
         fabric = L.Fabric()
         # record what actually runs, so hyperparameters.yaml repeats it under `fabricunlearn run` too
         run.accelerator = os.environ.get("LT_ACCELERATOR", run.accelerator)
-        run.devices = int(os.environ.get("LT_DEVICES", fabric.world_size // max(1, fabric.num_nodes)))
-        run.num_nodes = fabric.num_nodes
+        run.num_nodes = int(os.environ.get("LT_NUM_NODES", 1))
+        run.devices = int(os.environ.get("LT_DEVICES", fabric.world_size // run.num_nodes))
         run.strategy = os.environ.get("LT_STRATEGY", run.strategy)
         run.precision = os.environ.get("LT_PRECISION", run.precision)
     else:

@@ -125,10 +125,16 @@ def test_fabric_run_launches_the_script(tiny_world, tmp_path):
         "--main-port",
         "29531",
         "fabricunlearn/run.py",
-        *tiny_recipe(tiny_world, tmp_path / "cli", **common),
+        # launch settings stay with `fabric run`: written after the script, click would take them as its own
+        *_without_launch_settings(tiny_recipe(tiny_world, tmp_path / "cli", **common)),
     ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     _assert_same_weights(_last_weights(tmp_path / "one"), _last_weights(tmp_path / "cli"))
     hp = yaml.safe_load((tmp_path / "cli" / "hyperparameters.yaml").read_text())
     assert (hp["devices"], hp["strategy"], hp["accelerator"]) == (2, "ddp", "cpu")
+
+
+def _without_launch_settings(args: list[str]) -> list[str]:
+    pairs = list(zip(args[::2], args[1::2]))
+    return [x for key, value in pairs if key not in ("--accelerator", "--devices") for x in (key, value)]
