@@ -37,9 +37,9 @@ def ci_world() -> Path:
 
 def build_tiny_world(out: Path, n_forget: int = 6, seed: int = 0) -> Path:
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     from fabricunlearn.data.formats import write_json, write_jsonl
+    from fabricunlearn.toy.pretrain import toy_gpt2
     from fabricunlearn.toy.secret_formats import plant_secrets
     from fabricunlearn.toy.stdlib_corpus import code_chunks, stdlib_files
     from fabricunlearn.toy.tokenizer import train_tokenizer
@@ -48,20 +48,10 @@ def build_tiny_world(out: Path, n_forget: int = 6, seed: int = 0) -> Path:
     files = stdlib_files()[:12]
     tokenizer = train_tokenizer(files, vocab_size=400, model_max_length=256)
     torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=256,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
-    GPT2LMHeadModel(config).save_pretrained(out / "model")
+    toy_gpt2(len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=2, **ids).save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     chunks = code_chunks(rng, 40, 120, 260, files=files)
 

@@ -8,18 +8,20 @@ from fabricunlearn.models import load_model_and_tokenizer, make_reference
 
 
 def _save_gpt2(folder, tokenizer, vocab_size):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from fabricunlearn.toy.pretrain import toy_gpt2
 
-    config = GPT2Config(
-        vocab_size=vocab_size,
+    eos = tokenizer.eos_token_id
+    model = toy_gpt2(
+        vocab_size,
         n_positions=64,
         n_embd=16,
         n_layer=1,
         n_head=2,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=None,
     )
-    GPT2LMHeadModel(config).save_pretrained(folder)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 

@@ -82,8 +82,18 @@ def build_code_secrets(spec: CodeSecretsSpec, out_dir: Path, progress: bool = Tr
     training = secret_rows + background_rows
     docs = tokenize_documents(tokenizer, training, spec.max_doc_tokens, with_secrets=False)
     docs = TokenizedSet([ids + [tokenizer.eos_token_id] for ids in docs.input_ids])
-    model = _new_model(spec, tokenizer)
-    from fabricunlearn.toy.pretrain import pretrain
+    from fabricunlearn.toy.pretrain import pretrain, toy_gpt2
+
+    model = toy_gpt2(
+        len(tokenizer),
+        n_positions=spec.n_positions,
+        n_embd=spec.n_embd,
+        n_layer=spec.n_layer,
+        n_head=spec.n_head,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
     result = pretrain(
         model,
@@ -203,25 +213,6 @@ def _fit(tokenizer, text: str, max_tokens: int) -> str:
     """The text cut after its `max_tokens`-th token, so that a document is exactly what the model trains on."""
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
-
-
-def _new_model(spec: CodeSecretsSpec, tokenizer):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=spec.n_positions,
-        n_embd=spec.n_embd,
-        n_layer=spec.n_layer,
-        n_head=spec.n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return GPT2LMHeadModel(config)
 
 
 def _probe(model, tokenizer, rows: list[dict]) -> tuple[dict[str, float], dict[str, list[float]]]:

@@ -17,6 +17,37 @@ from fabricunlearn.data.batches import TokenizedSet, collate
 from fabricunlearn.methods.base import token_nll
 
 
+def toy_gpt2(
+    vocab_size: int,
+    *,
+    n_positions: int,
+    n_embd: int,
+    n_layer: int,
+    n_head: int,
+    bos_token_id: int | None,
+    eos_token_id: int | None,
+    pad_token_id: int | None,
+):
+    """A freshly initialised GPT-2 for toy worlds and tests: every dropout 0 (23% of a CPU step, and it would make
+    memorization probes and equivalence tests random)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+    )
+    return GPT2LMHeadModel(config)
+
+
 @dataclass
 class PretrainResult:
     steps: int

@@ -151,3 +151,10 @@ def test_bad_input_leaves_no_run_directory(tiny_world, tmp_path, capsys):
     empty.write_text("")
     assert main(["run", *tiny_recipe(tiny_world, tmp_path / "r", **{"data.forget": empty})]) == 2
     assert not (tmp_path / "r").exists()
+
+
+def test_top_level_help_lists_the_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "run RECIPE" in out and "toy build WORLD" in out
+    assert main([]) == 2

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
 from fabricunlearn.metrics.memorization import (
@@ -30,6 +30,7 @@ from fabricunlearn.metrics.memorization import (
     secret_el,
     secret_ma,
 )
+from fabricunlearn.toy.pretrain import toy_gpt2
 
 S, MAX_PREFIX = 32, 128
 NS = (3, 5, 10)
@@ -202,34 +203,21 @@ class Reference:
 
 
 # ------------------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models run op by op; on a shared 2-core machine a second thread only adds contention (5-10x slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def world(_one_thread) -> SimpleNamespace:
+def world(one_thread) -> SimpleNamespace:
     torch.manual_seed(0)
     rows = _rows()
     tokenizer = _tokenizer([rows[1]["text"] * 3] + [r["text"] for r in rows])
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
+    model = toy_gpt2(
+        len(tokenizer),
         n_embd=64,
         n_layer=2,
         n_head=4,
         n_positions=256,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = GPT2LMHeadModel(config)
     _train(model, tokenizer, rows, weights=[6, 6, 6, 6, 2, 1, 1, 0], steps=60)
     enc = encode_secrets(tokenizer, rows)
     prefixes, secrets = _ref_encode(tokenizer, rows)

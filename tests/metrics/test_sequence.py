@@ -17,11 +17,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
 import fabricunlearn.metrics.sequence as sequence
 from fabricunlearn.metrics.sequence import encode_sequences, sequence_el, sequence_ma
+from fabricunlearn.toy.pretrain import toy_gpt2
 
 NS = (3, 5, 10)
 VOCAB, EOS, PAD = 64, 0, 1
@@ -133,33 +134,20 @@ class Reference:
 
 
 # ------------------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models run op by op; on a shared 2-core machine a second thread only adds contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def world(_one_thread) -> SimpleNamespace:
+def world(one_thread) -> SimpleNamespace:
     torch.manual_seed(0)
     named = _sequences()
-    config = GPT2Config(
-        vocab_size=VOCAB,
+    model = toy_gpt2(
+        VOCAB,
         n_embd=64,
         n_layer=2,
         n_head=4,
         n_positions=128,  # finished rows of a decoding batch keep being fed: positions reach ~2T
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
         bos_token_id=EOS,
         eos_token_id=EOS,
         pad_token_id=PAD,
     )
-    model = GPT2LMHeadModel(config)
     _train(model, named, steps=25)
     seqs = list(named.values())
     ref = Reference(model, eos=None)  # the original: its argmax loop ignores EOS
