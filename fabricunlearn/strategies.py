@@ -8,6 +8,9 @@ here from a name when `fabricunlearn run` launches Fabric itself.
 | auto, ddp          | Fabric's own                                                                | CPU and GPU   |
 | fsdp               | FSDPStrategy wrapping each decoder layer, sharded checkpoints                | GPU           |
 | fsdp2              | ModelParallelStrategy applying FSDP2 `fully_shard` per decoder layer         | CPU and GPU   |
+
+`fsdp2` is experimental: on 2 CPU processes it trains, checkpoints and exports, but its first update already
+differs from DDP's on the same global batch (see docs/scaling.md); a warning says so at start.
 | deepspeed_stage_2  | DeepSpeedStrategy(stage=2)                                                   | GPU           |
 | deepspeed_stage_3  | DeepSpeedStrategy(stage=3)                                                   | GPU           |
 """
@@ -57,7 +60,13 @@ def build_strategy(name: str, accelerator: str, layer_classes: set[type[torch.nn
 
         return FSDPStrategy(auto_wrap_policy=layer_classes or None, state_dict_type="sharded", limit_all_gathers=True)
     if name == "fsdp2":
+        import warnings
+
         from lightning.fabric.strategies import ModelParallelStrategy
+
+        warnings.warn(
+            "strategy fsdp2 is experimental: its updates do not yet match DDP's (docs/scaling.md)", stacklevel=2
+        )
 
         return ModelParallelStrategy(parallelize_fn=_fsdp2_parallelize(layer_classes or set()))
     try:

@@ -184,8 +184,7 @@ def main(fabric, run: RunConfig) -> Path:
         from fabricunlearn.models import make_reference
 
         reference = fabric.to_device(make_reference(rd.model))
-    optimizer = _optimizer(run.train, rd.model)
-    model, optimizer = fabric.setup(rd.model, optimizer)
+    model, optimizer = _setup_model_and_optimizer(fabric, run.train, rd.model)
     scheduler = _scheduler(run, optimizer, rd, method, fabric.world_size)
     rule = StoppingRule(ma_threshold, el_threshold, run.stop.el_n, run.stop.margin, run.stop.patience)
     state = {
@@ -332,6 +331,16 @@ def validate(fabric, model, rd: RunData, run, *, epoch: int, with_el: bool, full
     if full:
         row["per_secret_ma"] = forget["ma"].tolist()
     return row
+
+
+def _setup_model_and_optimizer(fabric, tr: TrainArgs, model: torch.nn.Module):
+    from lightning.fabric.strategies import DeepSpeedStrategy
+
+    if isinstance(fabric.strategy, DeepSpeedStrategy):  # DeepSpeed builds its engine from both at once
+        return fabric.setup(model, _optimizer(tr, model))
+    # FSDP replaces the parameters with sharded ones: the optimizer must be built on those
+    model = fabric.setup_module(model)
+    return model, fabric.setup_optimizers(_optimizer(tr, model))
 
 
 def _optimizer(tr: TrainArgs, model: torch.nn.Module) -> torch.optim.Optimizer:
