@@ -57,8 +57,13 @@ def model_layer_classes(path: Path) -> set[type[torch.nn.Module]]:
     """The decoder-layer classes of the model in `path`, read from its config without loading weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    cls = AutoModelForCausalLM._model_mapping[type(config)]
+    from fabricunlearn.models import ModelError
+
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        cls = AutoModelForCausalLM._model_mapping[type(config)]
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(f"{path}: not a Hugging Face causal LM folder ({str(err).splitlines()[0]})") from None
     module = sys.modules[cls.__module__]
     return {getattr(module, name) for name in (cls._no_split_modules or []) if hasattr(module, name)}
 

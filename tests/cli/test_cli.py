@@ -158,3 +158,9 @@ def test_top_level_help_lists_the_commands(capsys):
     out = capsys.readouterr().out
     assert "run RECIPE" in out and "toy build WORLD" in out
     assert main([]) == 2
+
+
+def test_sharded_strategy_with_a_missing_model_folder(tiny_world, tmp_path, capsys):
+    args = tiny_recipe(tiny_world, tmp_path / "r", **{"model.path": tmp_path / "void"}, strategy="fsdp2", devices=2)
+    assert main(["run", *args]) == 2
+    assert "void" in _error_line(capsys)
