@@ -9,7 +9,6 @@ step, whatever the accumulation or the number of processes.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -66,8 +65,3 @@ def token_nll(model: torch.nn.Module, part: dict[str, torch.Tensor]) -> torch.Te
         logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none"
     ).view_as(targets)
     return nll
-
-
-def signature_help(cls: type[Method]) -> str:
-    doc = inspect.getdoc(cls) or ""
-    return doc.splitlines()[0] if doc else cls.name

@@ -118,7 +118,7 @@ def build_code_secrets(spec: CodeSecretsSpec, out_dir: Path, progress: bool = Tr
     in_forget = {row["doc_id"] for rows in forget_sets for row in rows}
     kept = [row for row in memorized if row["doc_id"] not in in_forget]
 
-    _, unseen_scores = _probe(model, tokenizer, unseen_rows)
+    _, unseen_scores = _probe(model, tokenizer, unseen_rows, ns=(3, 5, 10))
     thresholds = _thresholds(model, tokenizer, unseen_rows)
 
     def scan_row(row: dict) -> dict:
@@ -215,14 +215,14 @@ def _fit(tokenizer, text: str, max_tokens: int) -> str:
     return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
 
 
-def _probe(model, tokenizer, rows: list[dict]) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Mean secret MA per document, and per-secret MA / EL_n lists."""
+def _probe(model, tokenizer, rows: list[dict], ns: tuple[int, ...] = ()) -> tuple[dict, dict[str, list[float]]]:
+    """Mean secret MA per document, and per-secret MA (and EL_n for every n in `ns`) lists."""
     from fabricunlearn.metrics.memorization import encode_secrets, secret_el, secret_ma
 
     enc = encode_secrets(tokenizer, rows)
     kwargs = dict(pad_token_id=tokenizer.pad_token_id)
     ma = secret_ma(model, enc, **kwargs)
-    els = secret_el(model, enc, (3, 5, 10), eos_token_id=tokenizer.eos_token_id, **kwargs)
+    els = secret_el(model, enc, ns, eos_token_id=tokenizer.eos_token_id, **kwargs) if ns else {}
     per_doc: dict[str, list[float]] = {}
     for d, v in zip(enc.doc_index, ma.tolist()):
         per_doc.setdefault(rows[d]["doc_id"], []).append(v)

@@ -25,10 +25,10 @@ def train_step(fabric, model, optimizer, method, reference, rd: RunData, run, st
     chunks = {
         name: [micro_batches(idx, world, r, tr.micro_batch_size) for r in range(world)] for name, idx in parts.items()
     }
-    n_micro = max(len(c[0]) for c in chunks.values())
-
-    if len({len(c[0]) for c in chunks.values()}) > 1:
+    counts_per_part = {len(c[0]) for c in chunks.values()}
+    if len(counts_per_part) > 1:
         raise ValueError("a step's forget and retain parts must split into the same number of micro-batches")
+    (n_micro,) = counts_per_part
 
     def micro(r: int, k: int) -> tuple[dict[str, dict[str, torch.Tensor]], set[str]]:
         """Rank r's k-th micro-batch and its real parts. A rank whose share ran out gets a stand-in document in that
