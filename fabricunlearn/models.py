@@ -24,6 +24,21 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+def context_length(model: torch.nn.Module) -> int | None:
+    """The number of positions the model has, from its config (None when it does not say). Looks through the
+    wrappers of Fabric and the strategies (`.module`)."""
+    for _ in range(3):
+        config = getattr(model, "config", None)
+        for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        model = getattr(model, "module", None)
+        if model is None:
+            break
+    return None
+
+
 def load_tokenizer(path: str | Path):
     """The folder's tokenizer with a pad token. Uses the tokenizer's own pad token where it has one; otherwise adds
     `[PAD]` (the caller must then grow the embeddings, see `load_model_and_tokenizer`)."""
@@ -105,6 +120,10 @@ def full_state_dict(fabric, model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def export_pretrained(fabric, model: torch.nn.Module, hf_model: torch.nn.Module, tokenizer, out: Path) -> None:
     """Write `out` as a `save_pretrained` folder with the tokenizer, atomically: a reader never sees half a model."""
     state = full_state_dict(fabric, model)
+    # A gathered sharded state dict holds tied weights as separate copies; save_pretrained would then write both.
+    for target, source in (getattr(hf_model, "all_tied_weights_keys", None) or {}).items():
+        if target in state and source in state and torch.equal(state[target], state[source]):
+            del state[target]
     if fabric.global_rank == 0:
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -7,12 +7,14 @@ here from a name when `fabricunlearn run` launches Fabric itself.
 |--------------------|-----------------------------------------------------------------------------|---------------|
 | auto, ddp          | Fabric's own                                                                | CPU and GPU   |
 | fsdp               | FSDPStrategy wrapping each decoder layer, sharded checkpoints                | GPU           |
-| fsdp2              | ModelParallelStrategy applying FSDP2 `fully_shard` per decoder layer         | CPU and GPU   |
-
-`fsdp2` is experimental: on 2 CPU processes it trains, checkpoints and exports, but its first update already
-differs from DDP's on the same global batch (see docs/scaling.md); a warning says so at start.
+| fsdp2              | ModelParallelStrategy applying FSDP2 `fully_shard` per decoder layer, all    | CPU and GPU   |
+|                    | ranks in one data-parallel group                                             |               |
 | deepspeed_stage_2  | DeepSpeedStrategy(stage=2)                                                   | GPU           |
 | deepspeed_stage_3  | DeepSpeedStrategy(stage=3)                                                   | GPU           |
+
+Lightning's ModelParallelStrategy defaults to a mesh of (data parallel = nodes, tensor parallel = devices per
+node): FSDP2 on its data-parallel dimension would then shard over a group of one rank, i.e. not shard at all and
+average no gradients. `fsdp2` therefore puts every rank in the data-parallel dimension.
 """
 
 from __future__ import annotations
@@ -47,6 +49,19 @@ def _fsdp2_parallelize(layer_classes: set[type[torch.nn.Module]]):
     return parallelize
 
 
+def _data_parallel_fsdp2(parallelize) -> Any:
+    from lightning.fabric.strategies import ModelParallelStrategy
+
+    class DataParallelFSDP2(ModelParallelStrategy):
+        def setup_environment(self) -> None:
+            # Resolved here: the number of processes is known only once the launcher has set the environment.
+            self._data_parallel_size = self.num_nodes * self.num_processes
+            self._tensor_parallel_size = 1
+            super().setup_environment()
+
+    return DataParallelFSDP2(parallelize_fn=parallelize)
+
+
 def build_strategy(name: str, accelerator: str, layer_classes: set[type[torch.nn.Module]] | None = None) -> Any:
     if name not in STRATEGIES:
         raise RecipeError(f"strategy: unknown {name!r}; known: {', '.join(STRATEGIES)}")
@@ -60,15 +75,7 @@ def build_strategy(name: str, accelerator: str, layer_classes: set[type[torch.nn
 
         return FSDPStrategy(auto_wrap_policy=layer_classes or None, state_dict_type="sharded", limit_all_gathers=True)
     if name == "fsdp2":
-        import warnings
-
-        from lightning.fabric.strategies import ModelParallelStrategy
-
-        warnings.warn(
-            "strategy fsdp2 is experimental: its updates do not yet match DDP's (docs/scaling.md)", stacklevel=2
-        )
-
-        return ModelParallelStrategy(parallelize_fn=_fsdp2_parallelize(layer_classes or set()))
+        return _data_parallel_fsdp2(_fsdp2_parallelize(layer_classes or set()))
     try:
         import deepspeed  # noqa: F401
     except ImportError:

@@ -35,14 +35,12 @@ label and decoding continued over them); like MA by default, we score real token
 option for EL.
 
 Speed: MA costs one forward pass per batch. EL decodes rows ``(sequence, offset)`` with a KV cache, batched, each only
-the T − t tokens its comparison needs, and shares work along the sequence (``share_work``): greedy decoding is
-deterministic, so when the model's prediction after ``x_<t`` is ``x_t`` itself (and not EOS), decoding from t feeds
-exactly the prompt of t + 1 next, hence ``c_t = x_t ⊕ c_{t+1}``. The predictions come from one teacher-forced pass, and
-only offsets where the model leaves the text are decoded: a memorized sequence needs almost no decoding, where the
-original makes ~T²/2 uncached forward passes per sequence. The values are the same as with ``share_work=False``.
-A decoding batch keeps feeding rows that have finished (their outputs are ignored) until its longest row is done, so
-position ids can reach about 2T: a model with learned absolute positions needs at least that many (GPT-2-style code
-LMs have 1024 or more, against 2 × 128).
+the T − t tokens its comparison needs, and shares work along the sequence (``share_work``,
+:func:`fabricunlearn.metrics.decoding.offset_continuations`): only offsets where the model leaves the text are
+decoded, so a memorized sequence needs almost no decoding, where the original makes ~T²/2 uncached forward passes per
+sequence. The values are the same as with ``share_work=False``. ``sync`` makes every rank run the same number of
+forward passes (:mod:`fabricunlearn.metrics.decoding`). Texts are cut to ``target_length`` tokens by
+:func:`encode_sequences`; callers keep that within the model's context.
 """
 
 from __future__ import annotations
@@ -53,11 +51,13 @@ from typing import Literal
 
 import torch
 
-from fabricunlearn.metrics.memorization import (
-    _chunks,
-    _eval_mode,
-    _greedy_continuations,
-    _next_token_predictions,
+from fabricunlearn.metrics.decoding import (
+    Sync,
+    chunks,
+    eos_list,
+    eval_mode,
+    next_token_predictions,
+    offset_continuations,
 )
 
 # Sequences whose rows are collected and decoded together; bounds the memory held by prompts and continuations.
@@ -83,6 +83,7 @@ def sequence_ma(
     batch_size: int = 32,
     count_padding: bool = False,
     target_length: int = 128,
+    sync: Sync | None = None,
 ) -> torch.Tensor:
     """MA per sequence, a float64 tensor ``[len(seqs)]`` on CPU (NaN for fewer than 2 tokens).
 
@@ -95,9 +96,9 @@ def sequence_ma(
     else:
         seqs = [list(s) for s in seqs]
     scored = [k for k, s in enumerate(seqs) if len(s) >= 2]
-    with _eval_mode(model):
-        preds = _next_token_predictions(
-            model, [seqs[k][:1] for k in scored], [seqs[k][1:] for k in scored], pad_token_id, batch_size
+    with eval_mode(model):
+        preds = next_token_predictions(
+            model, [seqs[k][:1] for k in scored], [seqs[k][1:] for k in scored], pad_token_id, batch_size, sync
         )
     values = [math.nan] * len(seqs)
     for k, pred in zip(scored, preds):
@@ -138,6 +139,7 @@ def sequence_el(
     window: Literal["ku", "icu"] = "ku",
     icu_start: int = 150,
     share_work: bool = True,
+    sync: Sync | None = None,
 ) -> dict[int, torch.Tensor]:
     """EL_n for every n in ``ns``: ``{n: float64 tensor [len(seqs)]}`` on CPU (NaN when no offset is scored).
 
@@ -151,77 +153,30 @@ def sequence_el(
     if window == "icu" and icu_start < 1:
         raise ValueError(f"icu_start must be >= 1 (an offset needs a prompt), got {icu_start}")
     ns = sorted({int(n) for n in ns})
-    if eos_token_id is None:
-        eos_ids: list[int] = []
-    else:
-        eos_ids = [int(e) for e in eos_token_id] if isinstance(eos_token_id, Sequence) else [int(eos_token_id)]
+    eos_ids = eos_list(eos_token_id)
     seqs = [list(s) for s in seqs]
     values = {n: [math.nan] * len(seqs) for n in ns}
-    with _eval_mode(model):
-        for group in _chunks(list(range(len(seqs))), _GROUP):
-            conts = _continuations(
-                model, [seqs[k] for k in group], ns[0], window, icu_start, eos_ids, pad_token_id, batch_size, share_work
+    groups = list(chunks(list(range(len(seqs))), _GROUP))
+    n_groups = sync(len(groups)) if sync else len(groups)
+    with eval_mode(model):
+        for g in range(n_groups):
+            group = groups[g] if g < len(groups) else []  # a rank without this group still joins its passes
+            spans = []  # the offsets scored for the smallest n (it scores the most)
+            for k in group:
+                first, last = _window(len(seqs[k]), ns[0], window, icu_start)
+                spans.append((first, last) if first <= last else None)
+            conts = offset_continuations(
+                model,
+                [[] for _ in group],
+                [seqs[k] for k in group],
+                spans,
+                eos_ids=eos_ids,
+                pad_token_id=pad_token_id,
+                batch_size=batch_size,
+                share_work=share_work,
+                sync=sync,
             )
             for k, cont in zip(group, conts):
                 for n in ns:
                     values[n][k] = _el(seqs[k], cont, n, *_window(len(seqs[k]), n, window, icu_start))
     return {n: torch.tensor(v, dtype=torch.float64) for n, v in values.items()}
-
-
-def _continuations(
-    model,
-    seqs: list[list[int]],
-    n_min: int,
-    window: str,
-    icu_start: int,
-    eos_ids: list[int],
-    pad_token_id: int,
-    batch_size: int,
-    share_work: bool,
-) -> list[dict[int, list[int]]]:
-    """``conts[k][t]`` = greedy continuation of ``seqs[k][:t]`` (T − t tokens) for every offset some n scores."""
-    spans = []  # (first, last) scored offsets of each sequence, for the smallest n (it scores the most offsets)
-    for s in seqs:
-        first, last = _window(len(s), n_min, window, icu_start)
-        spans.append((first, last) if first <= last else None)
-    live = [k for k, span in enumerate(spans) if span is not None]
-    if share_work:
-        # preds[j] = greedy next token after x_<(first + j): the teacher-forced pass from the first scored offset on.
-        predicted = _next_token_predictions(
-            model,
-            [seqs[k][: spans[k][0]] for k in live],
-            [seqs[k][spans[k][0] :] for k in live],
-            pad_token_id,
-            batch_size,
-        )
-    else:
-        predicted = [[None] * (len(seqs[k]) - spans[k][0]) for k in live]  # matches no token: nothing is shared
-    rows: list[tuple[int, int]] = []  # (sequence, offset) pairs to decode
-    plans: dict[int, tuple[list[bool], list[bool]]] = {}
-    for k, preds in zip(live, predicted):
-        s, (first, last) = seqs[k], spans[k]
-        # After an EOS the decoding stops, so c_t = x_t ⊕ c_{t+1} would be wrong when x_t is an EOS id.
-        share = [False] * first + [p == t and t not in eos_ids for p, t in zip(preds, s[first:])]
-        need = [False] * len(s)
-        for t in range(first, len(s)):
-            # Offsets beyond `last` are needed only to finish a shared continuation that starts before them.
-            need[t] = t <= last or (need[t - 1] and share[t - 1])
-        rows += [(k, t) for t in range(first, len(s)) if need[t] and not share[t]]
-        plans[k] = (share, need)
-    decoded = _greedy_continuations(
-        model,
-        [seqs[k][:t] for k, t in rows],
-        [len(seqs[k]) - t for k, t in rows],
-        eos_ids,
-        pad_token_id,
-        batch_size,
-    )
-    conts: list[dict[int, list[int]]] = [{} for _ in seqs]
-    for (k, t), c in zip(rows, decoded):
-        conts[k][t] = c
-    for k, (share, need) in plans.items():
-        s = seqs[k]
-        for t in range(len(s) - 1, -1, -1):  # from the end, so c_{t+1} exists when c_t is built from it
-            if need[t] and share[t]:
-                conts[k][t] = [s[t]] + conts[k].get(t + 1, [])
-    return conts

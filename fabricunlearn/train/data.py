@@ -68,18 +68,8 @@ def model_layer_classes(path: Path) -> set[type[torch.nn.Module]]:
     return {getattr(module, name) for name in (cls._no_split_modules or []) if hasattr(module, name)}
 
 
-def context_length(model: torch.nn.Module) -> int:
-    """Positions the model has: documents are cut to it (a GPT-2 indexes past its position table otherwise)."""
-    config = model.config
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 1 << 30
-
-
 def load_run_data(fabric, run, needs_retain: bool) -> RunData:
-    from fabricunlearn.models import load_model_and_tokenizer
+    from fabricunlearn.models import context_length, load_model_and_tokenizer
 
     data, ev = run.data, run.eval
     model, tokenizer = load_model_and_tokenizer(resolve_model_path(run.model, data), run.model.tokenizer)
@@ -89,8 +79,15 @@ def load_run_data(fabric, run, needs_retain: bool) -> RunData:
         raise RecipeError(f"data.forget: {forget_path} is empty")
     if not any(row["secrets"] for row in forget_rows):
         raise RecipeError(f"data.forget: {forget_path} has no secrets to forget")
-    encode = dict(max_secret_tokens=ev.max_secret_tokens, max_prefix_tokens=ev.max_prefix_tokens)
-    max_length = min(data.max_length, context_length(model))
+    positions = context_length(model)
+    if positions is not None and positions <= ev.max_secret_tokens:
+        raise RecipeError(
+            f"eval.max_secret_tokens: {ev.max_secret_tokens} does not fit the model's {positions} positions"
+        )
+    encode = dict(
+        max_secret_tokens=ev.max_secret_tokens, max_prefix_tokens=ev.max_prefix_tokens, context_length=positions
+    )
+    max_length = min(data.max_length, positions or data.max_length)
     forget = tokenize_documents(tokenizer, forget_rows, max_length, with_secrets=True)
     retain = None
     if needs_retain:

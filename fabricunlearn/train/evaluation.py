@@ -22,6 +22,19 @@ def eval_module(fabric, model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def rank_sync(fabric):
+    """``sync(x)`` = max of ``x`` over ranks, so that every rank runs the same forward passes (None on one process,
+    where nothing needs it). Also used under DDP, where evaluation runs on the inner module and would not need it:
+    one code path for all strategies, at the cost of one small all-reduce per decoding step."""
+    if fabric.world_size == 1:
+        return None
+
+    def sync(x: int) -> int:
+        return int(fabric.all_reduce(torch.tensor(x, device=fabric.device), reduce_op="max").item())
+
+    return sync
+
+
 def _shard(n: int, fabric) -> list[int]:
     """This rank's indices, padded to the same count on every rank (padding repeats index 0 and is dropped later)."""
     per_rank = math.ceil(n / fabric.world_size)
@@ -47,11 +60,10 @@ def evaluate_secrets(
     local = enc.subset(_shard(len(enc), fabric))
     module = eval_module(fabric, model)
     with fabric.autocast() if module is not model else nullcontext():
-        out = {"ma": secret_ma(module, local, pad_token_id=pad_token_id, batch_size=batch_size)}
+        common = dict(pad_token_id=pad_token_id, batch_size=batch_size, sync=rank_sync(fabric))
+        out = {"ma": secret_ma(module, local, **common)}
         if ns:
-            els = secret_el(
-                module, local, ns, pad_token_id=pad_token_id, eos_token_id=eos_token_id, batch_size=batch_size
-            )
+            els = secret_el(module, local, ns, eos_token_id=eos_token_id, **common)
             out.update({f"el{n}": els[n] for n in ns})
     return {k: _gather(fabric, v.double(), len(enc)) for k, v in out.items()}
 

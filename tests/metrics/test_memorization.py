@@ -23,14 +23,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
-from fabricunlearn.metrics.memorization import (
-    EncodedSecrets,
-    _greedy_continuations,
-    _next_token_predictions,
-    encode_secrets,
-    secret_el,
-    secret_ma,
-)
+import fabricunlearn.metrics.decoding as decoding
+from fabricunlearn.metrics.decoding import greedy_continuations, next_token_predictions
+from fabricunlearn.metrics.memorization import EncodedSecrets, encode_secrets, secret_el, secret_ma
 from fabricunlearn.toy.pretrain import toy_gpt2
 
 hf_logging.disable_progress_bar()
@@ -330,22 +325,20 @@ def test_batched_kv_cache_decoding_equals_generate(model_type):
     n_new = [rng.randrange(1, 12) for _ in prompts]
     ref = Reference(model, 1, None)
     expected = [ref.generate(p, k) for p, k in zip(prompts, n_new)]
-    assert _greedy_continuations(model, prompts, n_new, [], 1, batch_size=3) == expected
-    preds = _next_token_predictions(model, [p[:1] for p in prompts], [p[1:] for p in prompts], 1, batch_size=3)
+    assert greedy_continuations(model, prompts, n_new, [], 1, batch_size=3) == expected
+    preds = next_token_predictions(model, [p[:1] for p in prompts], [p[1:] for p in prompts], 1, batch_size=3)
     assert preds == [[ref.generate(p[:i], 1)[0] for i in range(1, len(p))] for p in prompts]
 
 
 def test_sharing_decodes_less(world, monkeypatch):
-    import fabricunlearn.metrics.memorization as memorization
-
     decoded: dict[bool, int] = {}
-    original = memorization._greedy_continuations
+    original = decoding.greedy_continuations
 
     def counting(model, prompts, n_new, *args, **kwargs):
         decoded[share] = sum(n_new)
         return original(model, prompts, n_new, *args, **kwargs)
 
-    monkeypatch.setattr(memorization, "_greedy_continuations", counting)
+    monkeypatch.setattr(decoding, "greedy_continuations", counting)
     for share in (False, True):
         secret_el(world.model, world.enc, NS, pad_token_id=world.pad, eos_token_id=world.eos, share_work=share)
     plain_tokens = sum(sum(len(s) - i for i in range(max(1, len(s) - 2))) for s in world.enc.secret_ids)

@@ -20,6 +20,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
+import fabricunlearn.metrics.decoding as decoding
 import fabricunlearn.metrics.sequence as sequence
 from fabricunlearn.metrics.sequence import encode_sequences, sequence_el, sequence_ma
 from fabricunlearn.toy.pretrain import toy_gpt2
@@ -275,13 +276,13 @@ def test_value_does_not_depend_on_the_batch(world):
 
 def test_sharing_decodes_less(world, monkeypatch):
     decoded: dict[bool, int] = {}
-    original = sequence._greedy_continuations
+    original = decoding.greedy_continuations
 
     def counting(model, prompts, n_new, *args, **kwargs):
         decoded[share] = sum(n_new)
         return original(model, prompts, n_new, *args, **kwargs)
 
-    monkeypatch.setattr(sequence, "_greedy_continuations", counting)
+    monkeypatch.setattr(decoding, "greedy_continuations", counting)
     for share in (False, True):
         sequence_el(world.model, world.seqs, NS, pad_token_id=PAD, eos_token_id=None, share_work=share)
     # Without sharing: exactly the T - t tokens of every offset t = 1..T - min(n), as the comparison needs.

@@ -138,3 +138,24 @@ def test_fabric_run_launches_the_script(tiny_world, tmp_path):
 def _without_launch_settings(args: list[str]) -> list[str]:
     pairs = list(zip(args[::2], args[1::2]))
     return [x for key, value in pairs if key not in ("--accelerator", "--devices") for x in (key, value)]
+
+
+@pytest.mark.slow
+def test_fsdp2_equals_ddp_on_cpu(tiny_world, tmp_path):
+    """FSDP2 shards over every rank and averages gradients like DDP: the same weights after two epochs."""
+    from safetensors.torch import load_file
+
+    common = {
+        **SGD,
+        "train.schedule": "interleaved",
+        "train.micro_batch_size": 2,
+        "train.shuffle": "false",
+        "stop.max_epochs": 2,
+        "devices": 2,
+    }
+    _run_subprocess(tiny_recipe(tiny_world, tmp_path / "ddp", **common, strategy="ddp"))
+    _run_subprocess(tiny_recipe(tiny_world, tmp_path / "fsdp2", **common, strategy="fsdp2"))
+    ddp = load_file(tmp_path / "ddp" / "final" / "model.safetensors")
+    sharded = load_file(tmp_path / "fsdp2" / "final" / "model.safetensors")
+    _assert_moved(ddp, tiny_world)
+    _assert_same_weights(ddp, sharded, atol=1e-5)
