@@ -1,6 +1,8 @@
 """`fabricunlearn`: one command, one typed function per subcommand; docstrings are the `--help`.
 
     fabricunlearn run RECIPE [--train.lr 1e-4 ...]      unlearn with a YAML recipe (Fabric launches itself)
+    fabricunlearn probe --model M --data F --output O   score every secret of a scan file (MA, EL_n)
+    fabricunlearn thresholds --model M [--data F]       memorization thresholds from unseen code
     fabricunlearn toy build code_secrets [--out_dir D]  build (or find cached) a toy world
 
 Errors a user can fix (a bad recipe key, a missing file, a model folder that is not a causal LM) are printed as
@@ -92,16 +94,21 @@ def _one_line(text: str) -> str:
     return " ".join(lines[:3])
 
 
-USAGE = """usage: fabricunlearn {run,toy} ...
+USAGE = """usage: fabricunlearn {run,probe,thresholds,toy} ...
 
 Find and erase memorized secrets (keys, tokens, emails, IPs) in code language models.
 
 commands:
   run RECIPE [--key value ...]   unlearn a forget set as a YAML recipe says       (fabricunlearn run --help)
+  probe --model M --data F --output O
+                                 MA / EL_n of the model on every secret of a scan file    (probe --help)
+  thresholds --model M [--data F]
+                                 memorization thresholds from unseen code (HumanEval by default)
   toy build WORLD                build, or reuse, a toy world for CPU runs        (fabricunlearn toy build --help)
 
-example:
+examples:
   fabricunlearn run recipes/toy_code/gd.yaml --train.lr 1e-4
+  fabricunlearn probe --model M --data secrets.jsonl --output probed.jsonl --metrics ma,el3,el5,el10
 """
 
 
@@ -110,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
+    if argv[0] not in ("run", "probe", "thresholds", "toy"):
+        print(f"fabricunlearn: error: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from jsonargparse import CLI, set_parsing_settings
 
@@ -120,10 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["run"]:
             run(argv[1:])
             return 0
-        CLI({"toy": {"build": toy_build}}, args=argv, prog="fabricunlearn", description=__doc__)
+        from fabricunlearn.commands.probe import probe
+        from fabricunlearn.commands.thresholds import thresholds
+
+        # `toy build WORLD` takes its world as a positional; the other commands take every input as --name value.
+        commands = {"toy": {"build": toy_build}} if argv[0] == "toy" else {"probe": probe, "thresholds": thresholds}
+        CLI(commands, args=argv, prog="fabricunlearn", description=__doc__, as_positional=argv[0] == "toy")
         return 0
     except KeyboardInterrupt:
-        print("interrupted; completed checkpoints are kept", file=sys.stderr)
+        kept = "completed checkpoints are kept" if argv[0] == "run" else "what was written is kept; run again to resume"
+        print(f"interrupted; {kept}", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - user errors become one line, bugs keep their traceback
         message = user_error_message(err)

@@ -135,12 +135,18 @@ class EvalArgs:
     """EL_n reported before and after unlearning."""
     kept_every_epoch: bool = True
     """Also measure MA of the kept secrets after every epoch (cheap on small sets; turn off for large ones)."""
+    aggregate: Literal["per_secret", "batch_means"] = "per_secret"
+    """How a set's MA / EL_n is summarised: the mean (and max) over its secrets, or `batch_means`, the original's
+    unweighted mean of per-batch means over ranks (docs/metrics.md)."""
+    aggregate_batch_docs: int = 8
+    """Documents per batch and rank for `batch_means` (the original's eval batch size); ranks: this run's."""
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.max_secret_tokens >= 1, "eval.max_secret_tokens", "must be >= 1")
         _require(self.max_prefix_tokens >= 1, "eval.max_prefix_tokens", "must be >= 1")
         _require(all(n >= 1 for n in self.el_ns), "eval.el_ns", f"every n must be >= 1, got {self.el_ns}")
+        _require(self.aggregate_batch_docs >= 1, "eval.aggregate_batch_docs", "must be >= 1")
 
 
 @dataclass

@@ -62,8 +62,10 @@ def load_tokenizer(path: str | Path):
     return tokenizer
 
 
-def load_model_and_tokenizer(path: str | Path, tokenizer_path: str | Path | None = None):
-    """A Hugging Face causal LM and its tokenizer, ready for training in float32.
+def load_model_and_tokenizer(
+    path: str | Path, tokenizer_path: str | Path | None = None, dtype: torch.dtype = torch.float32
+):
+    """A Hugging Face causal LM and its tokenizer, in float32 for training unless `dtype` says otherwise.
 
     The original always added a new `[PAD]` and resized the embeddings to `len(tokenizer)`, which *shrinks* the
     padded vocabularies of CodeGen (51200) and Qwen2 (152064). Here the embeddings only ever grow, and only when a pad
@@ -84,7 +86,7 @@ def load_model_and_tokenizer(path: str | Path, tokenizer_path: str | Path | None
         raise ModelError(f"{path}: model type {config.model_type!r} is not a causal language model")
     tokenizer = load_tokenizer(tokenizer_path or path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
     except (OSError, ValueError) as err:
         raise ModelError(f"{path}: cannot load weights ({str(err).splitlines()[0]})") from None
     embeddings = model.get_input_embeddings().weight.shape[0]

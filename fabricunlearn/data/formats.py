@@ -15,11 +15,18 @@ class DataError(ValueError):
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Rows of a JSONL file, lazily; a line that is not UTF-8 or not a JSON object fails naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{path}:{lineno}: not UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -44,29 +51,51 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     else:
         rows = list(iter_jsonl(path))
     for i, row in enumerate(rows):
-        if "text" not in row and "content" in row:
-            row["text"] = row.pop("content")
-        if not isinstance(row.get("text"), str):
-            raise DataError(f"{path}: row {i} has no `text` (or `content`) string")
-        row.setdefault("doc_id", i)
+        _corpus_row(path, i, row)
     return rows
+
+
+def _corpus_row(path: Path, i: int, row: dict[str, Any]) -> None:
+    """`content` is accepted for `text`; `doc_id` defaults to the row number."""
+    if "text" not in row and "content" in row:
+        row["text"] = row.pop("content")
+    if not isinstance(row.get("text"), str):
+        raise DataError(f"{path}: row {i} has no `text` (or `content`) string")
+    row.setdefault("doc_id", i)
 
 
 def read_secret_rows(path: str | Path) -> list[dict[str, Any]]:
     """Scan rows; checks that every secret's span holds its value, so a wrong offset fails here with its location."""
     rows = read_rows(path)
     for row in rows:
-        secrets = row.get("secrets")
-        if not isinstance(secrets, list):
-            raise DataError(f"{path}: doc {row['doc_id']!r} has no `secrets` list")
-        for j, s in enumerate(secrets):
-            try:
-                start, end, value = int(s["start"]), int(s["end"]), s["value"]
-            except (KeyError, TypeError, ValueError):
-                raise DataError(f"{path}: doc {row['doc_id']!r} secret {j} needs `value`, `start`, `end`") from None
-            if row["text"][start:end] != value:
-                raise DataError(f"{path}: doc {row['doc_id']!r} secret {j}: text[{start}:{end}] is not its value")
+        check_secret_row(path, row)
     return rows
+
+
+def iter_secret_rows(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Scan rows one by one (JSONL is streamed; Parquet and CSV are read whole), checked like `read_secret_rows`."""
+    path = Path(path)
+    if path.suffix in (".parquet", ".csv"):
+        yield from read_secret_rows(path)
+        return
+    for i, row in enumerate(iter_jsonl(path)):
+        _corpus_row(path, i, row)
+        check_secret_row(path, row)
+        yield row
+
+
+def check_secret_row(path: str | Path, row: dict[str, Any]) -> None:
+    """A scan row's `secrets` must be a list of {value, start, end} whose spans hold their values."""
+    secrets = row.get("secrets")
+    if not isinstance(secrets, list):
+        raise DataError(f"{path}: doc {row['doc_id']!r} has no `secrets` list")
+    for j, s in enumerate(secrets):
+        try:
+            start, end, value = int(s["start"]), int(s["end"]), s["value"]
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{path}: doc {row['doc_id']!r} secret {j} needs `value`, `start`, `end`") from None
+        if row["text"][start:end] != value:
+            raise DataError(f"{path}: doc {row['doc_id']!r} secret {j}: text[{start}:{end}] is not its value")
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]], private: bool = False) -> None:

@@ -52,6 +52,8 @@ class EncodedSecrets:
     secret_ids: list[list[int]]
     doc_index: list[int]
     secret_index: list[int]
+    n_docs: int = 0
+    """The number of rows encoded (rows without secrets included)."""
 
     def __len__(self) -> int:
         return len(self.secret_ids)
@@ -62,6 +64,7 @@ class EncodedSecrets:
             secret_ids=[self.secret_ids[k] for k in indices],
             doc_index=[self.doc_index[k] for k in indices],
             secret_index=[self.secret_index[k] for k in indices],
+            n_docs=self.n_docs,
         )
 
 
@@ -93,7 +96,7 @@ def encode_secrets(
             doc_index.append(d)
             secret_index.append(j)
     if not values:
-        return EncodedSecrets([], [], [], [])
+        return EncodedSecrets([], [], [], [], n_docs=len(rows))
     # One batched call each; cutting afterwards equals the original's (left) truncation of a fast tokenizer.
     prefix_ids = tokenizer(prefixes, add_special_tokens=False)["input_ids"]
     secret_ids = tokenizer(values, add_special_tokens=False)["input_ids"]
@@ -106,6 +109,7 @@ def encode_secrets(
         secret_ids=secret_ids,
         doc_index=doc_index,
         secret_index=secret_index,
+        n_docs=len(rows),
     )
 
 

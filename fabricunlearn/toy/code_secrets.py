@@ -233,13 +233,11 @@ def _probe(model, tokenizer, rows: list[dict], ns: tuple[int, ...] = ()) -> tupl
 def _thresholds(model, tokenizer, rows: list[dict], target_length: int = 128) -> dict:
     """The paper's memorization thresholds: mean full-sequence MA / EL_n (KU window, first 128 tokens) over
     documents the model never saw. Applied to secret-level MA / EL_n of a forget set, as CodeEraser does."""
-    from fabricunlearn.metrics.sequence import encode_sequences, sequence_el, sequence_ma
+    from fabricunlearn.commands.inference import ScoringModel
+    from fabricunlearn.commands.thresholds import unseen_thresholds
 
-    seqs = encode_sequences(tokenizer, [row["text"] for row in rows], target_length)
-    kwargs = dict(pad_token_id=tokenizer.pad_token_id)
-    out = {"ma": _mean(sequence_ma(model, seqs, **kwargs).tolist())}
-    els = sequence_el(model, seqs, (3, 5, 10), eos_token_id=tokenizer.eos_token_id, **kwargs)
-    out.update({f"el{n}": _mean(v.tolist()) for n, v in els.items()})
+    scoring = ScoringModel(model, tokenizer, tokenizer.pad_token_id, tokenizer.eos_token_id, model.device)
+    out: dict = unseen_thresholds(scoring, [row["text"] for row in rows], target_length=target_length)
     out["source"] = f"mean full-sequence MA/EL_n over the {len(rows)} unseen documents (first {target_length} tokens)"
     return out
 

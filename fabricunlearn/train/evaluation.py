@@ -8,6 +8,7 @@ from contextlib import nullcontext
 import torch
 
 from fabricunlearn.data.batches import TokenizedSet, collate
+from fabricunlearn.metrics.aggregate import Aggregation, aggregate
 from fabricunlearn.metrics.memorization import EncodedSecrets, secret_el, secret_ma
 
 
@@ -98,11 +99,20 @@ def perplexity(fabric, model, data: TokenizedSet, *, pad_token_id: int, batch_si
     return math.exp(total[0].item() / max(total[1].item(), 1.0))
 
 
-def summarize(values: dict[str, torch.Tensor], prefix: str) -> dict[str, float]:
-    """Mean and max over secrets (NaN secrets, i.e. empty ones, are left out)."""
+def summarize(
+    values: dict[str, torch.Tensor],
+    enc: EncodedSecrets,
+    prefix: str,
+    *,
+    how: Aggregation = "per_secret",
+    batch_docs: int = 8,
+    world_size: int = 1,
+) -> dict[str, float]:
+    """``{prefix}/{metric}`` and ``{prefix}/{metric}_max`` for every metric (see :mod:`fabricunlearn.metrics.aggregate`:
+    mean and max over secrets, or the original's mean of per-batch means)."""
     out: dict[str, float] = {}
     for key, v in values.items():
-        v = v[~torch.isnan(v)]
-        out[f"{prefix}/{key}"] = v.mean().item() if len(v) else float("nan")
-        out[f"{prefix}/{key}_max"] = v.max().item() if len(v) else float("nan")
+        mean, top = aggregate(v, enc.doc_index, how, n_docs=enc.n_docs, batch_docs=batch_docs, world_size=world_size)
+        out[f"{prefix}/{key}"] = mean
+        out[f"{prefix}/{key}_max"] = top
     return out

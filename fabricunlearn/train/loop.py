@@ -317,11 +317,12 @@ def validate(fabric, model, rd: RunData, run, *, epoch: int, with_el: bool, full
     kwargs = dict(pad_token_id=rd.pad_token_id, eos_token_id=rd.eos_token_id, batch_size=ev.batch_size)
     ns = sorted(set(ev.el_ns) | {run.stop.el_n}) if full else ([run.stop.el_n] if with_el else [])
     row: dict = {"epoch": epoch}
+    how = dict(how=ev.aggregate, batch_docs=ev.aggregate_batch_docs, world_size=fabric.world_size)
     forget = evaluate_secrets(fabric, model, rd.forget_secrets, ns=ns, **kwargs)
-    row.update(summarize(forget, "forget"))
+    row.update(summarize(forget, rd.forget_secrets, "forget", **how))
     if rd.kept_secrets is not None and (full or ev.kept_every_epoch):
         kept = evaluate_secrets(fabric, model, rd.kept_secrets, ns=ns if full else [], **kwargs)
-        row.update(summarize(kept, "kept"))
+        row.update(summarize(kept, rd.kept_secrets, "kept", **how))
         if full:
             row["per_secret_kept_ma"] = kept["ma"].tolist()
     if full and rd.unseen is not None:

@@ -158,3 +158,19 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_world, tmp_path,
     state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     assert state["epoch"] >= 1
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_original_aggregation_is_a_recipe_option(tiny_world, tmp_path):
+    """`eval.aggregate: batch_means` reports the original's mean of per-batch means, from the same per-secret values."""
+    from fabricunlearn.metrics.aggregate import aggregate
+
+    out = tmp_path / "run"
+    run(tiny_recipe(tiny_world, out, **{"eval.aggregate": "batch_means", "eval.aggregate_batch_docs": 4}))
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    secrets = [json.loads(line)["secrets"] for line in (tiny_world / "forget_0.jsonl").read_text().splitlines()]
+    doc_index = [d for d, doc in enumerate(secrets) for _ in doc]
+    values = torch.tensor(row["per_secret_ma"], dtype=torch.float64)
+    assert row["forget/ma"] == pytest.approx(aggregate(values, doc_index, "batch_means", batch_docs=4)[0])
+    assert row["forget/ma"] != pytest.approx(aggregate(values, doc_index)[0])  # the option changes the number
+    hp = yaml.safe_load((out / "hyperparameters.yaml").read_text())
+    assert hp["eval"]["aggregate"] == "batch_means"

@@ -1,0 +1,1 @@
+"""The subcommands besides `run`: one module each, one typed function whose signature and docstring are its CLI."""
