@@ -39,6 +39,7 @@ format: setup
 
 bench: setup
 	$(BIN)/python tools/bench_loop.py
+	$(BIN)/python tools/bench_metrics.py
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache
