@@ -1,10 +1,13 @@
-"""Secret-level MA / EL_n: fabricunlearn's `secret_ma` + `secret_el` against the original algorithm, in one run.
+"""Secret-level MA / EL_n: fabricunlearn's `secret_ma`, `secret_el` and `secret_scores` against the original
+algorithm, in one run.
 
 The original (codeeraser-sscu.md §1.4, `BatchedOriginal` in tests/metrics/original_secret_metrics.py, checked
 there against a per-secret reference) puts the secrets of a batch in one `generate` batch, prefixes left-padded
 to 128 tokens, secrets right-padded to 32: MA is 32 one-token `generate` calls per batch, EL_n one cached
-`generate` call per offset (up to 32 new tokens), each n a separate pass. Ours: one `secret_ma` call and one
-`secret_el(ns=(3, 5, 10))` call (a teacher-forced pass, then decoding only where the model leaves the secret).
+`generate` call per offset (up to 32 new tokens), each n a separate pass. Ours: `secret_ma` (one teacher-forced
+pass) and `secret_el(ns=(3, 5, 10))` (that pass again, then decoding only where the model leaves the secret) timed
+separately, and `secret_scores` (all four from one teacher-forced pass, what the loop and `probe` run) for the
+MA+EL3+EL5+EL10 line.
 Both sides score the same secrets of the world's `secrets.jsonl` with the demo model, the same batch size and the
 same torch thread count; the per-secret values must be identical (exit status 1 otherwise).
 
@@ -62,7 +65,7 @@ def main() -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from fabricunlearn.metrics.memorization import encode_secrets, secret_el, secret_ma
+    from fabricunlearn.metrics.memorization import encode_secrets, secret_el, secret_ma, secret_scores
     from fabricunlearn.toy import ensure_world
     from tests.metrics.original_secret_metrics import BatchedOriginal, _ref_encode
 
@@ -114,6 +117,14 @@ def main() -> int:
         started = time.perf_counter()
         values.update(secret_el(model, sub, el_ns, pad_token_id=pad, eos_token_id=eos, batch_size=bs))
         times["el"] = time.perf_counter() - started
+        if "ma" in ns and el_ns:
+            started = time.perf_counter()
+            together = secret_scores(model, sub, el_ns, pad_token_id=pad, eos_token_id=eos, batch_size=bs)
+            times["all"] = time.perf_counter() - started
+            if any(max_diff(together[f"el{n}"], values[n]) > 0 for n in el_ns) or max_diff(
+                together["ma"], values["ma"]
+            ):
+                raise SystemExit("error: secret_scores differs from secret_ma / secret_el")
         return values, times
 
     # Warm-up (untimed), and the memorized subset by our MA.
@@ -126,7 +137,7 @@ def main() -> int:
     everything = ("ma", *NS)
     diffs = {key: 0.0 for key in (*everything, "el10 memorized")}
     t_orig: dict[str, list[float]] = {key: [] for key in (*everything, "mem")}
-    t_ours: dict[str, list[float]] = {key: [] for key in ("ma", "el", "mem")}
+    t_ours: dict[str, list[float]] = {key: [] for key in ("ma", "el", "all", "mem")}
     calls = {}
     for r in range(args.repeats):
         for side in ("original", "ours") if r % 2 == 0 else ("ours", "original"):
@@ -138,8 +149,8 @@ def main() -> int:
                     t_orig[key].append(times[key])
             else:
                 v_ours, times = run_ours(enc, everything)
-                t_ours["ma"].append(times["ma"])
-                t_ours["el"].append(times["el"])
+                for key in ("ma", "el", "all"):
+                    t_ours[key].append(times[key])
         for key in everything:
             diffs[key] = max(diffs[key], max_diff(v_orig[key], v_ours[key]))
         if memorized:
@@ -153,7 +164,7 @@ def main() -> int:
                     m_ours, times = run_ours(mem, (10,))
                     t_ours["mem"].append(times["el"])
             diffs["el10 memorized"] = max(diffs["el10 memorized"], max_diff(m_orig[10], m_ours[10]))
-        done = sum(t_orig[k][-1] for k in everything), t_ours["ma"][-1] + t_ours["el"][-1]
+        done = sum(t_orig[k][-1] for k in everything), t_ours["all"][-1]
         print(f"repeat {r + 1}/{args.repeats}: original {done[0]:.1f} s, ours {done[1]:.2f} s", file=sys.stderr)
 
     def summary(orig: list[float], ours: list[float]) -> tuple[float, float, float, float, float]:
@@ -162,7 +173,7 @@ def main() -> int:
 
     orig_el = [sum(t_orig[n][r] for n in NS) for r in range(args.repeats)]
     orig_all = [t_orig["ma"][r] + orig_el[r] for r in range(args.repeats)]
-    ours_all = [t_ours["ma"][r] + t_ours["el"][r] for r in range(args.repeats)]
+    ours_all = t_ours["all"]
     lines = [
         ("MA", summary(t_orig["ma"], t_ours["ma"]), diffs["ma"]),
         ("EL3+EL5+EL10", summary(orig_el, t_ours["el"]), max(diffs[n] for n in NS)),

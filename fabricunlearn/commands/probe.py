@@ -47,15 +47,19 @@ def score_rows(
 ) -> list[dict]:
     """The rows with `ma` (and `el<n>`) on every secret and `secret_mean_ma` / `secret_max_ma` on every row.
     An empty secret scores null, as does the summary of a row without (non-empty) secrets."""
-    from fabricunlearn.metrics.memorization import encode_secrets, secret_el, secret_ma
+    from fabricunlearn.metrics.memorization import encode_secrets, secret_scores
     from fabricunlearn.models import context_length
 
     enc = encode_secrets(sm.tokenizer, rows, max_secret_tokens, max_prefix_tokens, context_length(sm.model))
-    common = dict(pad_token_id=sm.pad_token_id, batch_size=batch_size)
-    values = {"ma": secret_ma(sm.model, enc, **common)}
-    if ns and len(enc):
-        els = secret_el(sm.model, enc, ns, eos_token_id=sm.eos_token_id, max_secret_tokens=max_secret_tokens, **common)
-        values.update({f"el{n}": v for n, v in els.items()})
+    values = secret_scores(
+        sm.model,
+        enc,
+        ns,
+        pad_token_id=sm.pad_token_id,
+        eos_token_id=sm.eos_token_id,
+        batch_size=batch_size,
+        max_secret_tokens=max_secret_tokens,
+    )
     out = [{**row, "secrets": [dict(s) for s in row["secrets"]]} for row in rows]
     for k, (d, j) in enumerate(zip(enc.doc_index, enc.secret_index)):
         for key, v in values.items():

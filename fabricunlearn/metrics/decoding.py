@@ -16,8 +16,10 @@ The stand-ins' outputs are dropped, so values are unchanged.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import cache
 
 import torch
 
@@ -64,6 +66,24 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+@cache
+def _forward_takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
+def _logits_kwargs(model: torch.nn.Module, keep: int) -> dict:
+    """``logits_to_keep=keep`` where the model takes it: the output layer then runs on the last ``keep`` positions
+    only (for a 152k vocabulary the full logits of a 64 × 160 batch would be 6 GB). Looks through wrappers."""
+    from transformers import PreTrainedModel
+
+    inner = model
+    for _ in range(4):  # Fabric's wrapper, DDP, ...
+        if isinstance(inner, PreTrainedModel):
+            return {"logits_to_keep": keep} if _forward_takes_logits_to_keep(type(inner)) else {}
+        inner = getattr(inner, "module", None)
+    return {}
+
+
 def _stand_in_pass(model: torch.nn.Module, pad_token_id: int) -> None:
     """One pass on one token, so that this rank joins a collective forward whose batch it does not have."""
     ids = torch.full((1, 1), pad_token_id, dtype=torch.long, device=_device(model))
@@ -94,9 +114,10 @@ def next_token_predictions(
             continue
         batch = batches[b]
         ids, mask, pos = left_pad([prefixes[k] + targets[k] for k in batch], pad_token_id, device)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
         # With left padding every target ends at the last column; t_i is predicted from the column before it.
         width = max(len(targets[k]) for k in batch)
+        keep = _logits_kwargs(model, width + 1)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **keep).logits
         argmax = logits[:, -width - 1 : -1].argmax(-1).cpu()
         for row, k in enumerate(batch):
             preds[k] = argmax[row, width - len(targets[k]) :].tolist()
@@ -134,9 +155,11 @@ def greedy_continuations(
         steps = int(want.max())
         gen = torch.full((len(want), max(steps, 1)), NO_TOKEN, dtype=torch.long, device=device)
         ended = torch.zeros(len(want), dtype=torch.bool, device=device)
-        past, t = None, 0
+        past, t, keep = None, 0, _logits_kwargs(model, 1)
         while True:
-            output = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
+            output = model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True, **keep
+            )
             past = output.past_key_values
             tok = output.logits[:, -1].argmax(-1)
             if t < steps:
@@ -167,6 +190,7 @@ def offset_continuations(
     batch_size: int,
     share_work: bool = True,
     sync: Sync | None = None,
+    predictions: Sequence[list[int]] | None = None,
 ) -> list[dict[int, list[int]]]:
     """``conts[k][t]`` = the greedy continuation of ``bases[k] ⊕ tokens[k][:t]``, ``len(tokens[k]) − t`` tokens long,
     for every offset t in ``spans[k] = (first, last)`` (None: no offset).
@@ -177,9 +201,13 @@ def offset_continuations(
     ``tokens[t]`` itself (and not EOS), decoding from t feeds exactly the prompt of offset t + 1 next, hence
     ``c_t = tokens[t] ⊕ c_{t+1}``. The predictions come from one teacher-forced pass, and only the offsets where the
     model leaves the sequence are decoded: a memorized one needs almost no decoding. Values are the same without it.
+    ``predictions[k]`` (optional): the teacher-forced predictions after ``bases[k] ⊕ tokens[k][:t]`` for every t >= 0
+    when the caller already has them (MA computes the same pass); otherwise they are computed here.
     """
     live = [k for k, span in enumerate(spans) if span is not None]
-    if share_work:
+    if share_work and predictions is not None:
+        predicted = [list(predictions[k][spans[k][0] :]) for k in live]
+    elif share_work:
         predicted = next_token_predictions(
             model,
             [bases[k] + tokens[k][: spans[k][0]] for k in live],

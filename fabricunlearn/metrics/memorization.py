@@ -158,6 +158,7 @@ def secret_el(
     max_secret_tokens: int = 32,
     share_work: bool = True,
     sync: Sync | None = None,
+    predictions: Sequence[list[int]] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Secret EL_n for every n in ``ns``: ``{n: float64 tensor [len(enc)]}`` on CPU (NaN for an empty secret).
 
@@ -169,7 +170,8 @@ def secret_el(
     offset i is ``s_i`` followed by the one from i + 1, so only the offsets where the model leaves the secret are
     decoded (:func:`fabricunlearn.metrics.decoding.offset_continuations`); a memorized secret needs almost no
     decoding. The values are the same as with ``share_work=False``, which decodes every offset. ``sync``: equal
-    forward passes on every rank (:mod:`fabricunlearn.metrics.decoding`).
+    forward passes on every rank (:mod:`fabricunlearn.metrics.decoding`). ``predictions``: the teacher-forced
+    predictions when the caller has them (:func:`secret_scores`).
     """
     if not ns or any(n < 1 for n in ns):
         raise ValueError(f"ns must be a non-empty list of n >= 1, got {list(ns)}")
@@ -190,5 +192,41 @@ def secret_el(
             batch_size=batch_size,
             share_work=share_work,
             sync=sync,
+            predictions=predictions,
         )
     return {n: torch.tensor([_el(s, c, n) for s, c in zip(secrets, conts)], dtype=torch.float64) for n in ns}
+
+
+@torch.no_grad()
+def secret_scores(
+    model,
+    enc: EncodedSecrets,
+    ns: Sequence[int] = (),
+    *,
+    pad_token_id: int,
+    eos_token_id: int | Sequence[int] | None,
+    batch_size: int = 64,
+    max_secret_tokens: int = 32,
+    sync: Sync | None = None,
+) -> dict[str, torch.Tensor]:
+    """``{"ma": …, "el<n>": …}`` for every n in ``ns`` (empty: MA only), the same values as :func:`secret_ma` and
+    :func:`secret_el`, with the teacher-forced pass run once for both."""
+    secrets = [s[:max_secret_tokens] for s in enc.secret_ids]
+    with eval_mode(model):
+        preds = next_token_predictions(model, enc.prefix_ids, secrets, pad_token_id, batch_size, sync)
+    ma = [sum(p == t for p, t in zip(pr, s)) / len(s) if s else math.nan for pr, s in zip(preds, secrets)]
+    out = {"ma": torch.tensor(ma, dtype=torch.float64)}
+    if ns:
+        els = secret_el(
+            model,
+            enc,
+            ns,
+            pad_token_id=pad_token_id,
+            eos_token_id=eos_token_id,
+            batch_size=batch_size,
+            max_secret_tokens=max_secret_tokens,
+            sync=sync,
+            predictions=preds,
+        )
+        out.update({f"el{n}": v for n, v in els.items()})
+    return out

@@ -217,17 +217,14 @@ def _fit(tokenizer, text: str, max_tokens: int) -> str:
 
 def _probe(model, tokenizer, rows: list[dict], ns: tuple[int, ...] = ()) -> tuple[dict, dict[str, list[float]]]:
     """Mean secret MA per document, and per-secret MA (and EL_n for every n in `ns`) lists."""
-    from fabricunlearn.metrics.memorization import encode_secrets, secret_el, secret_ma
+    from fabricunlearn.commands.inference import ScoringModel
+    from fabricunlearn.commands.probe import score_rows
 
-    enc = encode_secrets(tokenizer, rows)
-    kwargs = dict(pad_token_id=tokenizer.pad_token_id)
-    ma = secret_ma(model, enc, **kwargs)
-    els = secret_el(model, enc, ns, eos_token_id=tokenizer.eos_token_id, **kwargs) if ns else {}
-    per_doc: dict[str, list[float]] = {}
-    for d, v in zip(enc.doc_index, ma.tolist()):
-        per_doc.setdefault(rows[d]["doc_id"], []).append(v)
-    scores = {"ma": ma.tolist(), **{f"el{n}": v.tolist() for n, v in els.items()}}
-    return {doc: _mean(v) for doc, v in per_doc.items()}, scores
+    scoring = ScoringModel(model, tokenizer, tokenizer.pad_token_id, tokenizer.eos_token_id, model.device)
+    scored = score_rows(scoring, rows, list(ns))
+    keys = ["ma", *(f"el{n}" for n in ns)]
+    scores = {key: [secret[key] for row in scored for secret in row["secrets"]] for key in keys}
+    return {row["doc_id"]: row["secret_mean_ma"] for row in scored}, scores
 
 
 def _thresholds(model, tokenizer, rows: list[dict], target_length: int = 128) -> dict:

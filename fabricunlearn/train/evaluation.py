@@ -9,7 +9,7 @@ import torch
 
 from fabricunlearn.data.batches import TokenizedSet, collate
 from fabricunlearn.metrics.aggregate import Aggregation, aggregate
-from fabricunlearn.metrics.memorization import EncodedSecrets, secret_el, secret_ma
+from fabricunlearn.metrics.memorization import EncodedSecrets, secret_scores
 
 
 def eval_module(fabric, model: torch.nn.Module) -> torch.nn.Module:
@@ -61,11 +61,15 @@ def evaluate_secrets(
     local = enc.subset(_shard(len(enc), fabric))
     module = eval_module(fabric, model)
     with fabric.autocast() if module is not model else nullcontext():
-        common = dict(pad_token_id=pad_token_id, batch_size=batch_size, sync=rank_sync(fabric))
-        out = {"ma": secret_ma(module, local, **common)}
-        if ns:
-            els = secret_el(module, local, ns, eos_token_id=eos_token_id, **common)
-            out.update({f"el{n}": els[n] for n in ns})
+        out = secret_scores(
+            module,
+            local,
+            ns,
+            pad_token_id=pad_token_id,
+            eos_token_id=eos_token_id,
+            batch_size=batch_size,
+            sync=rank_sync(fabric),
+        )
     return {k: _gather(fabric, v.double(), len(enc)) for k, v in out.items()}
 
 

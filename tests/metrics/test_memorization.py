@@ -25,7 +25,7 @@ from transformers.utils import logging as hf_logging
 
 import fabricunlearn.metrics.decoding as decoding
 from fabricunlearn.metrics.decoding import greedy_continuations, next_token_predictions
-from fabricunlearn.metrics.memorization import EncodedSecrets, encode_secrets, secret_el, secret_ma
+from fabricunlearn.metrics.memorization import EncodedSecrets, encode_secrets, secret_el, secret_ma, secret_scores
 from fabricunlearn.toy.pretrain import toy_gpt2
 
 hf_logging.disable_progress_bar()
@@ -238,6 +238,23 @@ def test_el_of_a_subset_and_of_shuffled_secrets_is_the_same(world):
     )
     for n in NS:
         _assert_close(got[n], [world.expected[n][k] for k in order])
+
+
+@pytest.mark.parametrize("batch_size", [3, 64])
+def test_scores_share_one_teacher_forced_pass_and_equal_the_original(world, batch_size, monkeypatch):
+    passes = []
+    real = decoding.next_token_predictions
+    monkeypatch.setattr(decoding, "next_token_predictions", lambda *a, **k: passes.append(1) or real(*a, **k))
+    import fabricunlearn.metrics.memorization as memorization
+
+    monkeypatch.setattr(memorization, "next_token_predictions", decoding.next_token_predictions)
+    got = secret_scores(
+        world.model, world.enc, NS, pad_token_id=world.pad, eos_token_id=world.eos, batch_size=batch_size
+    )
+    assert len(passes) == 1
+    _assert_close(got["ma"], world.expected["ma"])
+    for n in NS:
+        _assert_close(got[f"el{n}"], world.expected[n])
 
 
 @pytest.fixture(scope="module")
