@@ -371,3 +371,15 @@ def test_fabric_wrapped_model(world):
     got = secret_el(wrapped, enc, NS, pad_token_id=world.pad, eos_token_id=world.eos, batch_size=4)
     for n in NS:
         _assert_close(got[n], world.expected[n][:6])
+
+
+def test_exact_ties_go_to_the_lowest_token_id_like_hf_greedy_search():
+    torch.manual_seed(0)
+    model = _tiny("llama", 50)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # every logit is 0: a tie between all 50 tokens at every step
+    prompts = [[5, 9, 3], [7]]
+    ref = Reference(model, 1, None)
+    assert greedy_continuations(model, prompts, [4, 4], [], 1, batch_size=2) == [[0] * 4, [0] * 4]
+    assert [ref.generate(p, 4) for p in prompts] == [[0] * 4, [0] * 4]
+    assert next_token_predictions(model, [[5]], [[9, 3]], 1, batch_size=1) == [[0, 0]]
