@@ -49,8 +49,7 @@ def finish_run(fabric, model, rd, run, state: dict, rule, out_dir: Path) -> Path
         rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
         plots = _plots(rows, before, after, ma_threshold, el_threshold, run.stop.el_n, out_dir)
         (out_dir / "report.md").write_text(_markdown(run, evaluation, plots, out_dir))
-        if run.log.progress_bar:
-            print(_summary(evaluation, out_dir))
+        print(_summary(evaluation, out_dir))  # also without a progress bar: logs of batch jobs want the verdict
     fabric.barrier()
     return out_dir
 
