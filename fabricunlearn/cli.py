@@ -1,6 +1,7 @@
 """`fabricunlearn`: one command, one typed function per subcommand; docstrings are the `--help`.
 
     fabricunlearn run RECIPE [--train.lr 1e-4 ...]      unlearn with a YAML recipe (Fabric launches itself)
+    fabricunlearn scan --input C --output O             find the secrets (emails, IPs, keys) of a corpus
     fabricunlearn probe --model M --data F --output O   score every secret of a scan file (MA, EL_n)
     fabricunlearn thresholds --model M [--data F]       memorization thresholds from unseen code
     fabricunlearn toy build code_secrets [--out_dir D]  build (or find cached) a toy world
@@ -94,12 +95,13 @@ def _one_line(text: str) -> str:
     return " ".join(lines[:3])
 
 
-USAGE = """usage: fabricunlearn {run,probe,thresholds,toy} ...
+USAGE = """usage: fabricunlearn {run,scan,probe,thresholds,toy} ...
 
 Find and erase memorized secrets (keys, tokens, emails, IPs) in code language models.
 
 commands:
   run RECIPE [--key value ...]   unlearn a forget set as a YAML recipe says       (fabricunlearn run --help)
+  scan --input C --output O      the secrets (emails, IPs, keys) of a corpus            (scan --help)
   probe --model M --data F --output O
                                  MA / EL_n of the model on every secret of a scan file    (probe --help)
   thresholds --model M [--data F]
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
-    if argv[0] not in ("run", "probe", "thresholds", "toy"):
+    if argv[0] not in ("run", "scan", "probe", "thresholds", "toy"):
         print(f"fabricunlearn: error: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -131,10 +133,15 @@ def main(argv: list[str] | None = None) -> int:
             run(argv[1:])
             return 0
         from fabricunlearn.commands.probe import probe
+        from fabricunlearn.commands.scan import scan
         from fabricunlearn.commands.thresholds import thresholds
 
         # `toy build WORLD` takes its world as a positional; the other commands take every input as --name value.
-        commands = {"toy": {"build": toy_build}} if argv[0] == "toy" else {"probe": probe, "thresholds": thresholds}
+        commands = (
+            {"toy": {"build": toy_build}}
+            if argv[0] == "toy"
+            else {"scan": scan, "probe": probe, "thresholds": thresholds}
+        )
         CLI(commands, args=argv, prog="fabricunlearn", description=__doc__, as_positional=argv[0] == "toy")
         return 0
     except KeyboardInterrupt:
