@@ -4,6 +4,7 @@
     fabricunlearn scan --input C --output O             find the secrets (emails, IPs, keys) of a corpus
     fabricunlearn probe --model M --data F --output O   score every secret of a scan file (MA, EL_n)
     fabricunlearn thresholds --model M [--data F]       memorization thresholds from unseen code
+    fabricunlearn build-sets --model M --data P --corpus C --out_dir D   forget / kept / retain / unseen sets
     fabricunlearn toy build code_secrets [--out_dir D]  build (or find cached) a toy world
 
 Errors a user can fix (a bad recipe key, a missing file, a model folder that is not a causal LM) are printed as
@@ -86,6 +87,21 @@ def run(argv: list[str]) -> Path:
     return setup(**{k: v for k, v in init.items() if k != "__path__"})
 
 
+def _bare_flags(args: list[str], command) -> list[str]:
+    """`--restart` alone means `--restart true` for the command's bool options (jsonargparse wants the value)."""
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(command)
+    flags = {f"--{name}" for name in inspect.signature(command).parameters if hints.get(name) is bool}
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg in flags and (i + 1 == len(args) or args[i + 1].startswith("--")):
+            out.append("true")
+    return out
+
+
 def _first_paragraph(doc: str | None) -> str:
     return (doc or "").strip().split("\n\n")[0]
 
@@ -95,7 +111,7 @@ def _one_line(text: str) -> str:
     return " ".join(lines[:3])
 
 
-USAGE = """usage: fabricunlearn {run,scan,probe,thresholds,toy} ...
+USAGE = """usage: fabricunlearn {run,scan,probe,thresholds,build-sets,toy} ...
 
 Find and erase memorized secrets (keys, tokens, emails, IPs) in code language models.
 
@@ -106,6 +122,8 @@ commands:
                                  MA / EL_n of the model on every secret of a scan file    (probe --help)
   thresholds --model M [--data F]
                                  memorization thresholds from unseen code (HumanEval by default)
+  build-sets --model M --data PROBED --corpus C --out_dir D
+                                 forget / kept / retain / unseen sets from probed rows       (build-sets --help)
   toy build WORLD                build, or reuse, a toy world for CPU runs        (fabricunlearn toy build --help)
 
 examples:
@@ -119,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
-    if argv[0] not in ("run", "scan", "probe", "thresholds", "toy"):
+    if argv[0] not in ("run", "scan", "probe", "thresholds", "build-sets", "toy"):
         print(f"fabricunlearn: error: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -132,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["run"]:
             run(argv[1:])
             return 0
+        from fabricunlearn.commands.build_sets import build_sets
         from fabricunlearn.commands.probe import probe
         from fabricunlearn.commands.scan import scan
         from fabricunlearn.commands.thresholds import thresholds
@@ -140,8 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         commands = (
             {"toy": {"build": toy_build}}
             if argv[0] == "toy"
-            else {"scan": scan, "probe": probe, "thresholds": thresholds}
+            else {"scan": scan, "probe": probe, "thresholds": thresholds, "build-sets": build_sets}
         )
+        target = commands.get(argv[0])
+        if callable(target):
+            argv = [argv[0], *_bare_flags(argv[1:], target)]
         CLI(commands, args=argv, prog="fabricunlearn", description=__doc__, as_positional=argv[0] == "toy")
         return 0
     except KeyboardInterrupt:

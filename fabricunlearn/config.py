@@ -59,6 +59,9 @@ class DataArgs:
     """Forget documents are cut to their first `max_length` tokens (the original's 512)."""
     retain_max_length: int = 128
     """Retain documents are cut to their first `retain_max_length` tokens (the original's 128)."""
+    mask_boundary: Literal["exact", "inclusive"] = "exact"
+    """Which tokens are secret tokens: those overlapping a secret's characters (`exact`), or also those merely
+    touching it, such as the closing quote (`inclusive`, the original's rule)."""
 
     def __post_init__(self) -> None:
         _require(self.max_length > 1, "data.max_length", f"must be > 1, got {self.max_length}")

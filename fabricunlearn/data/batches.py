@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -23,10 +24,29 @@ class TokenizedSet:
         return [max(len(ids) - 1, 0) for ids in self.input_ids]
 
 
-def tokenize_documents(tokenizer, rows: list[dict[str, Any]], max_length: int, with_secrets: bool) -> TokenizedSet:
-    """Tokenize `text` to at most `max_length` tokens. With secrets, token j is secret iff its character span
-    overlaps a secret's span `[start, end)` (the exact rule; the original's inclusive rule also marked tokens that
-    merely touch a secret, such as the closing quote)."""
+MaskBoundary = Literal["exact", "inclusive"]
+
+
+def secret_token_mask(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]], boundary: MaskBoundary):
+    """Per token: does its character span ``[a, b)`` belong to a secret ``[start, end)``?
+
+    ``exact`` (default): the spans overlap, ``a < end and b > start``. ``inclusive`` is the original's rule
+    (``a <= end and b >= start``, reference §5), which also marks tokens that merely touch a secret, such as the
+    closing quote after it. Tokens with an empty span (special tokens) are never secret under ``exact``.
+    """
+    if boundary == "exact":
+        return [any(a < end and b > start for start, end in spans) for a, b in offsets]
+    if boundary == "inclusive":
+        return [any(a <= end and b >= start for start, end in spans) for a, b in offsets]
+    raise ValueError(f"unknown mask boundary {boundary!r}; known: exact, inclusive")
+
+
+def tokenize_documents(
+    tokenizer, rows: list[dict[str, Any]], max_length: int, with_secrets: bool, boundary: MaskBoundary = "exact"
+) -> TokenizedSet:
+    """Tokenize `text` to at most `max_length` tokens (no special tokens, no padding: a short document keeps all its
+    tokens; the original padded to 512 and, through the pad tokens' (0, 0) offsets, dropped every document shorter
+    than that). With secrets, each document also gets its secret-token mask (:func:`secret_token_mask`)."""
     texts = [row["text"] for row in rows]
     enc = tokenizer(
         texts,
@@ -41,7 +61,7 @@ def tokenize_documents(tokenizer, rows: list[dict[str, Any]], max_length: int, w
     masks = []
     for row, offsets in zip(rows, enc["offset_mapping"]):
         spans = [(int(s["start"]), int(s["end"])) for s in row["secrets"]]
-        masks.append([any(a < end and b > start for start, end in spans) for a, b in offsets])
+        masks.append(secret_token_mask(offsets, spans, boundary))
     return TokenizedSet(ids, masks)
 
 

@@ -88,7 +88,7 @@ def load_run_data(fabric, run, needs_retain: bool) -> RunData:
         max_secret_tokens=ev.max_secret_tokens, max_prefix_tokens=ev.max_prefix_tokens, context_length=positions
     )
     max_length = min(data.max_length, positions or data.max_length)
-    forget = tokenize_documents(tokenizer, forget_rows, max_length, with_secrets=True)
+    forget = tokenize_documents(tokenizer, forget_rows, max_length, with_secrets=True, boundary=data.mask_boundary)
     retain = None
     if needs_retain:
         if data.retain is None:

@@ -136,6 +136,8 @@ def test_probe_refuses_to_resume_with_other_settings_or_to_overwrite(ci_world, s
     assert "exists" in _error_line(capsys)
     assert main([*base[:-1], str(scan_file)]) == 2
     assert "input file" in _error_line(capsys)
+    assert main([*base, "--metrics", "ma", "--restart", "--progress", "false"]) == 0  # a bare flag means true
+    assert len(_read(out)) == len(_read(probed)) and not partial.exists()
 
 
 @pytest.mark.parametrize(
