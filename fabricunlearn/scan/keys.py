@@ -3,8 +3,10 @@
 CodeEraser ("Scrub It Out!", ``sensitive_memorization/utils/keys_detection.py``) writes each document to a temp
 ``.txt`` file, scans it with ``SecretsCollection.scan_file`` under its plugin list (:data:`CODEERASER_PLUGINS`: 21
 provider formats, the Base64 and hex entropy plugins with their default limits, and public IPv4; no keyword,
-basic-auth or private-key plugin) and five of detect-secrets' heuristic filters (:data:`HEURISTIC_FILTERS`), then
-keeps a value if it is gibberish and not a hash, and marks every occurrence of it in the text.
+basic-auth or private-key plugin) and five of detect-secrets' heuristic filters (uuid, id string, templated,
+sequential, not alphanumeric), then keeps a value if it is gibberish and not a hash, and marks every occurrence of
+it in the text. The ``default`` preset (:data:`PRESETS`) adds four plugins for passwords and npm tokens, which that
+list misses (:mod:`fabricunlearn.scan.plugins` has the measurements); ``codeeraser`` is the paper's list exactly.
 
 Here each line of the document is given to each plugin's ``analyze_line`` as detect-secrets' own non-eager file
 scan does (lines split at ``\\n``, ``\\r\\n`` or ``\\r`` and right-stripped; the entropy plugins see quoted strings
@@ -17,15 +19,15 @@ expressions for the keyword plugin), so it is exact even when the value occurs e
 1. **Whole tokens.** A format plugin whose expression captures only a prefix (GitHub's ``(ghp|gho|…)_…`` reports
    ``ghp``, GitLab's ``glpat``) is widened to its whole match when that match is one token; delimiters an
    expression consumes (Artifactory's leading ``"``, ``=``, ``:``; Azure's ``AccountKey=``) are trimmed, a value is
-   cut at whitespace or a
-   quote (npm's ``npm_.+`` runs to the end of the line), and a match that stops inside a token (Stripe's 24
-   characters of a 99-character key; a JWT without its signature, from the plugin's lazy last part) is extended
-   over the token's characters ``[A-Za-z0-9_-]``. Backslashes at either end are stripped, as in the original.
+   cut at whitespace or a quote (npm's ``npm_.+`` runs to the end of the line), and a match that stops inside a
+   token (Stripe's 24 characters of a 99-character key; a JWT without its signature, from the plugin's lazy last
+   part) is extended over the token's characters ``[A-Za-z0-9_-]``. Backslashes at either end are stripped, as in
+   the original.
 2. **Filters** (each differs from the original where noted, with the reason):
 
    - the five heuristic filters on the final value;
    - the gibberish check (:mod:`fabricunlearn.scan.gibberish`) only on values whose shape proves nothing: the
-     Base64 entropy, keyword and basic-auth plugins. The original checks every key, but a provider's format
+     Base64 entropy, keyword, basic-auth and password plugins. The original checks every key, but a provider's format
      (``AKIA`` + 16, ``ghp_`` + 36, ``sk_live_`` + 24) is the evidence, and a letter-pair model of English calls
      a fifth of real AWS key ids and half of random hex keys (whose only letters are a-f) word-like;
    - ``is_hash`` (:mod:`fabricunlearn.scan.filters`) on every finding; ``file_has_hashes`` on the entropy plugins'
@@ -34,7 +36,7 @@ expressions for the keyword plugin), so it is exact even when the value occurs e
      :mod:`fabricunlearn.scan.patterns` (in the original they never survived, having no letters to be gibberish).
 3. **Every occurrence.** The original marks every ``str.index`` occurrence of an accepted value: inside longer
    tokens too, and for a prefix-only value such as ``ghp`` at every GitHub token of the file. Here a further
-   occurrence is marked only where it stands as a whole token.
+   occurrence is marked only where it stands as a whole token (and not after a hash word).
 4. Overlapping findings are resolved by :mod:`fabricunlearn.scan.scanner` (a provider format wins over an entropy
    or keyword finding of the same span).
 """
@@ -97,16 +99,8 @@ _CUT = re.compile(r"[\s\"'`]")
 _NAME_EQUALS = re.compile(r"[A-Za-z_]\w*=(?!=)")
 
 
-HEURISTIC_FILTERS = (
-    heuristic.is_potential_uuid,
-    heuristic.is_likely_id_string,
-    heuristic.is_templated_secret,
-    heuristic.is_sequential_string,
-    heuristic.is_not_alphanumeric_string,
-)
-
-
 def _filtered_out(value: str, line: str, plugin) -> bool:
+    """CodeEraser's five detect-secrets filters (its ``filters_used``)."""
     return (
         heuristic.is_potential_uuid(value)
         or heuristic.is_likely_id_string(value, line, plugin)
@@ -264,20 +258,23 @@ def _whole_token(line: str, start: int, end: int, m_start: int, m_end: int, is_g
 
 
 def _other_occurrences(text: str, matches) -> Iterator[Match]:
-    """Further whole-token occurrences of each accepted value, with its type (not after a hash word)."""
-    taken = [(m.start, m.end) for m in matches]
+    """Further whole-token occurrences of each accepted value, with its type (not after a hash word). ``str.find``
+    keeps this linear in the text per value; overlaps with other findings are resolved by the scanner."""
+    taken = {(m.start, m.end) for m in matches}
     by_value = {}
     for m in sorted(matches, key=lambda m: (m.rank, m.start)):
         by_value.setdefault(m.value, m)
     for value, first in by_value.items():
-        left = "" if value[0] not in TOKEN_CHARS else r"(?<![A-Za-z0-9_\-])"
-        right = "" if value[-1] not in TOKEN_CHARS else r"(?![A-Za-z0-9_\-])"
-        for occ in re.finditer(left + re.escape(value) + right, text):
-            a, b = occ.span()
-            if any(a < e and s < b for s, e in taken):
-                continue
-            line_start = max(text.rfind("\n", 0, a), text.rfind("\r", 0, a)) + 1
-            if filters.is_hash(value, text[line_start:a]):
-                continue
-            taken.append((a, b))
-            yield Match("KEY", first.type, value, a, b, first.rank)
+        check_left, check_right = value[0] in TOKEN_CHARS, value[-1] in TOKEN_CHARS
+        a = text.find(value)
+        while a >= 0:
+            b = a + len(value)
+            whole = not (check_left and a > 0 and text[a - 1] in TOKEN_CHARS) and not (
+                check_right and b < len(text) and text[b] in TOKEN_CHARS
+            )
+            if whole and (a, b) not in taken:
+                line_start = max(text.rfind("\n", 0, a), text.rfind("\r", 0, a)) + 1
+                if not filters.is_hash(value, text[line_start:a]):
+                    taken.add((a, b))
+                    yield Match("KEY", first.type, value, a, b, first.rank)
+            a = text.find(value, b)

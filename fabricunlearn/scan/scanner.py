@@ -12,6 +12,7 @@ earlier. CodeEraser kept both (the same value was reported once per plugin that 
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
 from fabricunlearn.scan import filters
@@ -51,11 +52,16 @@ class Scanner:
 
 
 def _without_overlaps(found: list[Match]) -> list[Match]:
+    """The findings by priority, each kept unless it overlaps one kept before; sorted by position."""
+    starts: list[int] = []  # of the kept findings, which never overlap: sorted by start is sorted by end too
     kept: list[Match] = []
     for m in sorted(found, key=lambda m: (m.rank, m.start - m.end, m.start, m.tag, m.type)):
-        if all(m.end <= k.start or k.end <= m.start for k in kept):
-            kept.append(m)
-    return sorted(kept, key=lambda m: (m.start, m.end))
+        i = bisect.bisect_right(starts, m.start)
+        if (i > 0 and kept[i - 1].end > m.start) or (i < len(kept) and kept[i].start < m.end):
+            continue
+        starts.insert(i, m.start)
+        kept.insert(i, m)
+    return kept
 
 
 _DEFAULT: Scanner | None = None

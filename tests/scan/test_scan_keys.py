@@ -179,3 +179,24 @@ def test_redact():
     assert redact("abcdefgh") == "ab…h (8 chars)"
     value = draw(40)
     assert value not in redact(value) and value[:4] in redact(value)
+
+
+def test_overlapping_findings_keep_the_most_specific():
+    password = draw(14) + "+!" + draw(4)
+    text = f'URL = "smtp://mailer:{password}@mail.acme-corp.com/"\nAWS = "AKIA{draw(16, string.ascii_uppercase)}"\n'
+    found = Scanner().scan(text)
+    # the password, not an email "password@mail.acme-corp.com"; the AWS key id, not also a Base64 string
+    assert [(s["tag"], s["type"]) for s in found] == [("KEY", "Password"), ("KEY", "AWS Access Key")]
+    assert found[0]["value"] == password
+
+
+def test_many_findings_in_one_document():
+    from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString
+
+    entropy = Base64HighEntropyString().calculate_shannon_entropy
+    # (40 characters after "sha" on a line would be a hash: no hash word inside the values, which precede a repeat)
+    values = [v for v in (draw(40) for _ in range(1700)) if entropy(v) > 4.6 and not filters.is_hash(v, v)][:1500]
+    text = "".join(f'k{i} = "{v}"  # again: {v}\n' for i, v in enumerate(values))
+    found = Scanner().scan(text)
+    assert len(found) == 2 * len(values)
+    assert all(a["end"] <= b["start"] for a, b in zip(found, found[1:]))
