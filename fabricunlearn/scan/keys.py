@@ -50,12 +50,14 @@ from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_cla
 from detect_secrets.filters import heuristic
 from detect_secrets.plugins.base import RegexBasedDetector
 from detect_secrets.plugins.high_entropy_strings import HighEntropyStringsPlugin
+from detect_secrets.plugins.keyword import DENYLIST as KEYWORD_DENYLIST
 from detect_secrets.plugins.keyword import QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP, REGEX_BY_FILETYPE, KeywordDetector
 from detect_secrets.util.filetype import determine_file_type
 
 from fabricunlearn.scan import filters
 from fabricunlearn.scan.gibberish import is_gibberish
 from fabricunlearn.scan.patterns import Match
+from fabricunlearn.scan.plugins import PasswordDetector
 
 CODEERASER_PLUGINS = (
     "ArtifactoryDetector",
@@ -154,17 +156,26 @@ class KeyDetector:
         classes = plugin_classes()
         self.names = resolve_plugins(plugins)
         self.plugins = [classes[name]() for name in self.names if name not in DROPPED_PLUGINS]
+        # Searched once over a whole text (with ^ and $ at line ends), a plugin's expressions match wherever one of
+        # its lines has a match: only the plugins that pass run line by line, which is where the time goes (a Python
+        # call per line and plugin).
+        self._prefilters = [_prefilter(plugin) for plugin in self.plugins]
 
     def find(self, text: str, filename: str = DEFAULT_FILENAME) -> list[Match]:
         """Key findings of ``text`` (rank 0: a provider format; rank 2: an entropy or keyword finding), unsorted,
         possibly overlapping."""
+        active = [
+            plugin
+            for plugin, patterns in zip(self.plugins, self._prefilters)
+            if patterns is None or any(p.search(text) for p in patterns)
+        ]
         hashes_in_file: bool | None = None
         found: dict[tuple[int, int, str], Match] = {}
-        for m in _LINE.finditer(text):
+        for m in _LINE.finditer(text) if active else ():
             line = m.group().rstrip()
             if not line.strip():
                 continue
-            for plugin in self.plugins:
+            for plugin in active:
                 name = type(plugin).__name__
                 for value, start, end in self._line_findings(plugin, line, filename):
                     if _filtered_out(value, line, plugin):
@@ -203,6 +214,23 @@ class KeyDetector:
             if end > start and (start, end) not in seen:
                 seen.add((start, end))
                 yield line[start:end], start, end
+
+
+def _prefilter(plugin) -> list[re.Pattern] | None:
+    """Expressions of which one matches a text if the plugin can report a value on one of its lines (None: no
+    such shortcut for this kind of plugin)."""
+    if isinstance(plugin, HighEntropyStringsPlugin):
+        # entropy is at most log2(length): a string must be longer than 2**limit characters to pass the limit
+        shortest = int(2**plugin.entropy_limit) + 1
+        return [re.compile(rf"(['\"])[{re.escape(plugin.charset)}]{{{shortest},}}\1")]
+    if isinstance(plugin, KeywordDetector):
+        # Every keyword expression starts with a word of its list; searching for the words alone is 20x faster.
+        return [re.compile("|".join(KEYWORD_DENYLIST), re.IGNORECASE)]
+    if isinstance(plugin, PasswordDetector):
+        return [re.compile(r"pass|pwd|://", re.IGNORECASE)]
+    if isinstance(plugin, RegexBasedDetector):
+        return [re.compile(e.pattern, e.flags | re.MULTILINE) for e in plugin.denylist]
+    return None
 
 
 def _candidate_spans(plugin, line: str, filename: str):

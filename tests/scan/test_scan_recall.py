@@ -57,3 +57,11 @@ def test_the_papers_plugin_list_misses_passwords(planted):
     assert recall["KEY"] < 0.95 and missed["Password"] > 0.9 * sum(
         1 for _, truth in planted for s in truth if s["type"] == "Password"
     )
+
+
+def test_the_whole_text_prefilter_changes_nothing(planted):
+    fast, slow = Scanner(), Scanner()
+    slow.keys._prefilters = [None] * len(slow.keys.plugins)  # every plugin on every line
+    texts = [text for text, _ in planted[:160]]
+    texts.append("".join(text.replace("\n", "\r\n") for text in texts[:20]))
+    assert [fast.scan(t) for t in texts] == [slow.scan(t) for t in texts]
