@@ -137,7 +137,8 @@ def test_every_input_kind_gives_the_same_rows(docs, scanned, tmp_path):
     assert _rows(out) == sorted(renamed, key=lambda row: row["doc_id"])  # a folder is read in path order
 
 
-def test_resumes_after_an_interruption(corpus, scanned, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_resumes_after_an_interruption(corpus, scanned, tmp_path, monkeypatch, workers):
     out = tmp_path / "r.jsonl"
     args = ["--input", corpus, "--output", out, "--chunk_docs", "7"]
     real, calls = scan_module._record, []
@@ -149,7 +150,7 @@ def test_resumes_after_an_interruption(corpus, scanned, tmp_path, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(scan_module, "_record", dies_on_the_fourth_chunk)
-    assert _scan(*args) == 130
+    assert _scan(*args, workers=workers) == 130
     partial, sidecar = out.with_name("r.jsonl.partial"), out.with_name("r.jsonl.partial.json")
     assert not out.exists() and partial.exists()
     assert stat.S_IMODE(partial.stat().st_mode) == 0o600 and stat.S_IMODE(sidecar.stat().st_mode) == 0o600
@@ -157,7 +158,7 @@ def test_resumes_after_an_interruption(corpus, scanned, tmp_path, monkeypatch):
     with partial.open("a") as f:
         f.write('{"doc_id": "torn')  # and a kill in the middle of a write
     monkeypatch.setattr(scan_module, "_record", real)
-    assert _scan(*args) == 0
+    assert _scan(*args, workers=workers) == 0
     assert out.read_bytes() == scanned.read_bytes()
     assert not partial.exists() and not sidecar.exists()
 
@@ -212,6 +213,13 @@ def test_jsonl_rows_that_cannot_be_scanned(docs, tmp_path, capsys):
     assert _scan("--input", data, "--output", out, "--summary", tmp_path / "s.json") == 0
     assert [r["doc_id"] for r in _rows(out)] == [0, 5]  # the row number where a row has no doc_id
     assert json.loads((tmp_path / "s.json").read_text())["skipped"] == {"empty": 2, "invalid_utf8": 2}
+
+
+def test_an_empty_corpus_gives_an_empty_file(tmp_path, capsys):
+    (tmp_path / "c.jsonl").write_text("\n")
+    assert _scan("--input", tmp_path / "c.jsonl", "--output", tmp_path / "o.jsonl") == 0
+    assert (tmp_path / "o.jsonl").read_text() == ""
+    assert "scanned 0 of 0 documents" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
