@@ -6,8 +6,8 @@
 
 Findings never overlap. Where two do, the one of lower rank wins: a key in a provider's format (or a URL's
 password) first, then an email or an IP, then an entropy or keyword key; at equal rank the longer, then the
-earlier. CodeEraser kept both (the same value was reported once per plugin that found it, and an address's
-``user:password@host.tld`` also came out as an email ``password@host.tld``).
+earlier. CodeEraser kept overlapping findings (a value once per plugin that found it). A URL's
+``user:password@host.tld`` shows why a password wins: from the password on, it also reads as an email address.
 """
 
 from __future__ import annotations
