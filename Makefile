@@ -16,11 +16,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP_INSTALL) -e '.[dev]'
 	@touch $(STAMP)
 
-# Build (or reuse) the demo toy world, unlearn its first forget set, print before/after and where the report is.
+# The toy pipeline end to end: build (or reuse) the demo world, find its secrets, measure which the model memorized,
+# build forget / kept / retain / unseen sets from them, unlearn the first forget set, print before/after.
+WORLD := .cache/fabricunlearn/code_secrets
+PIPE := $(WORLD)/pipeline
 demo: setup
-	@start=$$(date +%s); \
-	$(BIN)/fabricunlearn toy build code_secrets && \
-	$(BIN)/fabricunlearn run recipes/toy_code/gd.yaml --name demo && \
+	@start=$$(date +%s); set -e; \
+	$(BIN)/fabricunlearn toy build code_secrets; \
+	$(BIN)/fabricunlearn scan --input $(WORLD)/corpus.jsonl --output $(PIPE)/secrets.jsonl --restart; \
+	$(BIN)/fabricunlearn probe --model $(WORLD)/model --data $(PIPE)/secrets.jsonl --output $(PIPE)/probed.jsonl \
+		--metrics ma,el10 --restart; \
+	$(BIN)/fabricunlearn build-sets --model $(WORLD)/model --data $(PIPE)/probed.jsonl --corpus $(WORLD)/corpus.jsonl \
+		--unseen $(WORLD)/unseen.jsonl --out_dir $(PIPE)/sets --overwrite --num_sets 3 --set_size 8 \
+		--min_secret_tokens 8 --retain_prefix_tokens 32 --retain_new_tokens 32; \
+	$(BIN)/fabricunlearn run recipes/toy_code/gd_pipeline.yaml --name demo; \
 	echo "demo: $$(( $$(date +%s) - start )) s in all"
 
 test: setup

@@ -33,25 +33,25 @@ from fabricunlearn.commands.inference import Precision, ScoringModel
 
 
 def _sha256(path: Path) -> str:
+    """Of a file's bytes; of a folder, of every file's relative path and bytes in sorted order."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
 def _iter_corpus(path: Path):
-    from fabricunlearn.data.formats import iter_jsonl, read_rows
+    """The corpus's scannable documents as corpus rows, streamed (every input kind `scan` reads)."""
+    from fabricunlearn.scan.sources import iter_documents
 
-    if path.suffix in (".parquet", ".csv"):
-        yield from read_rows(path)
-        return
-    for i, row in enumerate(iter_jsonl(path)):
-        if "text" not in row and "content" in row:
-            row["text"] = row.pop("content")
-        if isinstance(row.get("text"), str):
-            row.setdefault("doc_id", i)
-            yield row
+    for doc in iter_documents(path, max_chars=10**9):
+        if doc.skip is None:
+            yield {"doc_id": doc.doc_id, "text": doc.text}
 
 
 def eligible_documents(
@@ -163,7 +163,7 @@ def build_sets(
     Args:
         model: The Hugging Face causal LM folder the sets are for (the one that was probed).
         data: `fabricunlearn probe` output (scan rows with `secret_mean_ma`).
-        corpus: The training corpus (JSONL, Parquet or CSV with `text` or `content`, and `doc_id`).
+        corpus: The training corpus, as `scan` read it (JSONL, Parquet, CSV, a folder of files, a datasets folder).
         out_dir: The folder to write (must not exist unless --overwrite).
         min_mean_ma: A document qualifies when its mean secret MA is at least this (the original's 0.9).
         min_secret_tokens: ... and it has at least this many secret tokens in the window (the original's 32).
@@ -197,7 +197,7 @@ def build_sets(
 
     data, corpus, out_dir = Path(data), Path(corpus), Path(out_dir)
     for flag, path in (("--data", data), ("--corpus", corpus), ("--unseen", unseen)):
-        if path is not None and not Path(path).is_file():
+        if path is not None and not Path(path).exists():
             raise DataError(f"{path}: no such file ({flag})")
     if min(num_sets, set_size, window, retain_prefix_tokens, retain_new_tokens, batch_size) < 1:
         raise RecipeError("--num_sets, --set_size, --window, --retain_*_tokens and --batch_size must be >= 1")
