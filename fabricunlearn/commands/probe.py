@@ -143,7 +143,7 @@ def probe(
     Args:
         model: A Hugging Face causal LM folder.
         data: Scan rows (JSONL, streamed; or Parquet/CSV): {"doc_id", "text", "secrets": [{"value", "start", "end"}]}.
-        output: Where to write the probed rows (JSONL).
+        output: Where to write the probed rows (JSONL; owner-only, as it holds the secret values).
         metrics: Comma-separated: ma, el3, el5, el10, or el<n> for any n.
         batch_size: Secrets per forward pass (lower it for large vocabularies or long prefixes).
         device: auto (the first GPU if any, else the CPU), cpu, cuda, cuda:1, ...
@@ -195,7 +195,9 @@ def probe(
         done, last_doc = _done_rows(partial, keys, summary)
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_bytes(b"")
+        # The rows hold secret values: owner-only from the first byte (the renamed OUTPUT keeps the mode).
+        os.close(os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
+        os.chmod(partial, 0o600)
         sidecar.write_text(json.dumps(settings, indent=2) + "\n")
 
     sm = load_scoring_model(model, tokenizer, device, precision)

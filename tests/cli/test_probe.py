@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,7 @@ def test_probe_rows_follow_the_contract_and_equal_the_metrics(ci_world, scan_fil
     assert 0 <= by_id["offset0"]["secrets"][0]["ma"] <= 1  # scored after BOS
     assert 0 <= by_id["long"]["secrets"][0]["el10"] <= 1  # read up to its first 32 tokens
     assert not list(probed.parent.glob("*.partial*"))
+    assert stat.S_IMODE(probed.stat().st_mode) == 0o600  # it holds the secret values
 
 
 def test_probe_resumes_after_an_interruption(ci_world, scan_file, probed, tmp_path, monkeypatch):
