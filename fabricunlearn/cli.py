@@ -87,6 +87,13 @@ def run(argv: list[str]) -> Path:
     return setup(**{k: v for k, v in init.items() if k != "__path__"})
 
 
+def _command(name: str):
+    from importlib import import_module
+
+    module = {"scan": "scan", "probe": "probe", "thresholds": "thresholds", "build-sets": "build_sets"}[name]
+    return getattr(import_module(f"fabricunlearn.commands.{module}"), module)
+
+
 def _bare_flags(args: list[str], command) -> list[str]:
     """`--restart` alone means `--restart true` for the command's bool options (jsonargparse wants the value)."""
     import inspect
@@ -150,17 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["run"]:
             run(argv[1:])
             return 0
-        from fabricunlearn.commands.build_sets import build_sets
-        from fabricunlearn.commands.probe import probe
-        from fabricunlearn.commands.scan import scan
-        from fabricunlearn.commands.thresholds import thresholds
-
         # `toy build WORLD` takes its world as a positional; the other commands take every input as --name value.
-        commands = (
-            {"toy": {"build": toy_build}}
-            if argv[0] == "toy"
-            else {"scan": scan, "probe": probe, "thresholds": thresholds, "build-sets": build_sets}
-        )
+        # Only the command asked for is imported (`scan` does not need torch).
+        commands = {"toy": {"build": toy_build}} if argv[0] == "toy" else {argv[0]: _command(argv[0])}
         target = commands.get(argv[0])
         if callable(target):
             argv = [argv[0], *_bare_flags(argv[1:], target)]

@@ -1,8 +1,9 @@
 """Fake but realistic secrets, and the Python lines that plant them, for the code-secrets toy world.
 
-Every value has the shape of a real credential, so that the scanners (detect-secrets plugins, the
-EMAIL/IP regexes of CodeEraser's pipeline) find it and its post-filters keep it, but it is drawn from a
-``random.Random`` and belongs to nobody. Formats (name: tag, shape):
+Every value has the shape of a real credential, so that `fabricunlearn scan` (detect-secrets plugins, the
+EMAIL/IP regexes of CodeEraser's pipeline) finds it and its post-filters keep it, but it is drawn from a
+``random.Random`` and belongs to nobody. (CodeEraser's own plugin list misses most passwords and some npm tokens;
+the scanner's default preset adds plugins for them: fabricunlearn/scan/plugins.py.) Formats (name: tag, shape):
 
 - ``aws_access_key_id``: KEY, ``AKIA`` + 16 of [A-Z0-9]
 - ``aws_secret_access_key``: KEY, 40 of [A-Za-z0-9+/]
