@@ -1,22 +1,20 @@
 """`fabricunlearn probe`: how strongly a model regurgitates every secret of a scan file.
 
-Rows are scored in chunks and appended to ``OUTPUT.partial`` (flushed and synced per chunk) beside a small
-``OUTPUT.partial.json`` holding the settings; the finished file is renamed to OUTPUT, so OUTPUT is never half
-written. Running the same command again after an interruption skips the rows already there. Resuming checks that
-the settings and the input rows done so far are the same; otherwise it says so and asks for ``--restart``.
+Rows are scored in chunks and written through :class:`fabricunlearn.data.resumable.ResumableJSONL`: OUTPUT is never
+half written, and running the same command again after an interruption skips the rows already done (under the
+same settings and input; otherwise it says so and asks for ``--restart``).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from fabricunlearn.commands.inference import Precision, ScoringModel
+from fabricunlearn.data.resumable import ResumableJSONL
 
 _METRIC = re.compile(r"^(ma|el(\d+))$")
 
@@ -94,29 +92,16 @@ def _count_lines(path: Path) -> int | None:
         return sum(1 for line in f if line.strip())
 
 
-def _collect(summary: dict[str, list[float]], row: dict, keys: list[str]) -> None:
-    for secret in row["secrets"]:
-        for key in keys:
-            if secret.get(key) is not None:
-                summary.setdefault(key, []).append(secret[key])
-
-
-def _done_rows(partial: Path, keys: list[str], summary: dict[str, list[float]]) -> tuple[int, object]:
-    """(complete rows in `partial`, doc_id of the last one), streamed; their values go into `summary`. A torn last
-    line (a kill mid-write) is cut off."""
-    count, last_doc, good_end = 0, None, 0
-    with partial.open("rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            good_end += len(line)
-            if line.strip():
-                row = json.loads(line)
-                count, last_doc = count + 1, row["doc_id"]
-                _collect(summary, row, keys)
-    if partial.stat().st_size > good_end:
-        os.truncate(partial, good_end)
-    return count, last_doc
+def _collect(summary: dict[str, dict], rows: list[dict], keys: list[str]) -> None:
+    """Running mean / max / count >= 0.9 per metric, kept in the resumable state (so a resume needs no re-read)."""
+    for row in rows:
+        for secret in row["secrets"]:
+            for key in keys:
+                value = secret.get(key)
+                if value is not None:
+                    acc = summary.setdefault(key, {"n": 0, "sum": 0.0, "max": 0.0, "high": 0})
+                    acc["n"], acc["sum"] = acc["n"] + 1, acc["sum"] + value
+                    acc["max"], acc["high"] = max(acc["max"], value), acc["high"] + (value >= 0.9)
 
 
 def probe(
@@ -169,10 +154,6 @@ def probe(
         raise DataError(f"{data}: no such file")
     if output.resolve() == data.resolve():
         raise RecipeError(f"--output: {output} is the input file; write the probed rows elsewhere")
-    if output.exists() and not restart:
-        raise RecipeError(f"--output: {output} exists (a finished probe); pass --restart to probe again")
-    partial = output.with_name(output.name + ".partial")
-    sidecar = output.with_name(output.name + ".partial.json")
     settings = {
         "model": str(Path(model).resolve()),
         "data": str(data.resolve()),
@@ -181,72 +162,54 @@ def probe(
         "max_prefix_tokens": max_prefix_tokens,
         "precision": precision,
     }
-    done, last_doc = 0, None
     keys = ["ma", *(f"el{n}" for n in ns)]
-    summary: dict[str, list[float]] = {}
-    if partial.exists() and not restart:
-        before = json.loads(sidecar.read_text()) if sidecar.exists() else {}
-        changed = [k for k in settings if before.get(k) != settings[k]]
-        if changed:
-            raise RecipeError(
-                f"{partial} was started with another {changed[0]} ({before.get(changed[0])!r}); "
-                "run with the same settings to resume, or pass --restart"
-            )
-        done, last_doc = _done_rows(partial, keys, summary)
-    else:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        # The rows hold secret values: owner-only from the first byte (the renamed OUTPUT keeps the mode).
-        os.close(os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
-        os.chmod(partial, 0o600)
-        sidecar.write_text(json.dumps(settings, indent=2) + "\n")
+    out = ResumableJSONL(
+        output,
+        settings,
+        {"rows": 0, "bytes": 0, "last_doc_id": None, "secrets": 0, "summary": {}},
+        restart=restart,
+        what="probe",
+    )
+    state, done = out.state, out.state["rows"]
 
     sm = load_scoring_model(model, tokenizer, device, precision)
-    started, n_rows, n_secrets = time.perf_counter(), 0, 0
+    started = time.perf_counter()
     rows = iter_secret_rows(data)
-    for i in range(done):  # skip what an earlier run wrote, checking it is the same input
+    for i in range(done):  # what an earlier run did: skip it, checking that the input is the same
         row = next(rows, None)
-        if row is None or (i == done - 1 and row["doc_id"] != last_doc):
-            raise RecipeError(f"{partial} does not match {data} (row {i}); pass --restart to probe from the start")
+        if i == done - 1:
+            out.check_skipped(i, None if row is None else row["doc_id"], data)
     bar = tqdm(total=_count_lines(data), initial=done, unit="row", disable=not progress, dynamic_ncols=True)
+    finished = False
     try:
-        with partial.open("a", encoding="utf-8") as f:
-            for chunk in _chunks(rows, chunk_secrets):
-                scored = score_rows(
-                    sm,
-                    chunk,
-                    ns,
-                    batch_size=batch_size,
-                    max_secret_tokens=max_secret_tokens,
-                    max_prefix_tokens=max_prefix_tokens,
-                )
-                f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in scored))
-                f.flush()
-                os.fsync(f.fileno())
-                for row in scored:
-                    _collect(summary, row, keys)
-                n_rows += len(scored)
-                n_secrets += sum(len(row["secrets"]) for row in scored)
-                bar.update(len(scored))
-                bar.set_postfix(secrets=n_secrets)
-    except BaseException:
-        if partial.stat().st_size == 0:  # nothing to resume from: leave no trace
-            partial.unlink()
-            sidecar.unlink(missing_ok=True)
-        raise
+        for chunk in _chunks(rows, chunk_secrets):
+            scored = score_rows(
+                sm,
+                chunk,
+                ns,
+                batch_size=batch_size,
+                max_secret_tokens=max_secret_tokens,
+                max_prefix_tokens=max_prefix_tokens,
+            )
+            _collect(state["summary"], scored, keys)
+            state["secrets"] += sum(len(row["secrets"]) for row in scored)
+            out.append(scored, len(chunk), chunk[-1]["doc_id"])
+            bar.update(len(scored))
+            bar.set_postfix(secrets=state["secrets"])
+        finished = True
     finally:
         bar.close()
-    os.replace(partial, output)
-    sidecar.unlink(missing_ok=True)
-    _print_summary(output, done, n_rows, n_secrets, summary, time.perf_counter() - started)
+        out.close(finished)
+    _print_summary(output, done, state, time.perf_counter() - started)
     return output
 
 
-def _print_summary(output: Path, skipped: int, rows: int, secrets: int, values: dict, seconds: float) -> None:
+def _print_summary(output: Path, skipped: int, state: dict, seconds: float) -> None:
     resumed = f" (resumed: {skipped} rows were done)" if skipped else ""
-    print(f"probed {rows} rows, {secrets} secrets in {seconds:.1f} s{resumed} -> {output}")
-    if not values:
+    print(f"probed {state['rows']} rows, {state['secrets']} secrets in {seconds:.1f} s{resumed} -> {output}")
+    summary = state["summary"]
+    if not summary:
         return
-    print(f"  over all {len(values['ma'])} scored secrets:  {'mean':>8}{'max':>8}{'>= 0.9':>10}")
-    for key, v in values.items():
-        high = sum(x >= 0.9 for x in v)
-        print(f"  {key:<32}{sum(v) / len(v):>8.3f}{max(v):>8.3f}{high:>10}")
+    print(f"  over all {summary['ma']['n']} scored secrets:  {'mean':>8}{'max':>8}{'>= 0.9':>10}")
+    for key, acc in summary.items():
+        print(f"  {key:<32}{acc['sum'] / acc['n']:>8.3f}{acc['max']:>8.3f}{acc['high']:>10}")

@@ -2,17 +2,15 @@
 
 The corpus is read as a stream (:mod:`fabricunlearn.scan.sources`) by this process and scanned in chunks by
 ``--workers`` processes; chunks are written in input order, so the output does not depend on the number of
-workers. Each chunk is appended to ``OUTPUT.partial`` (flushed and synced), then ``OUTPUT.partial.json`` records
-the settings, how many documents are done, how many bytes of the partial file are theirs, and the counts so far;
-the finished file is renamed to OUTPUT. Running the same command again after an interruption cuts the partial file
-back to what the record covers and goes on from the next document, checking that the settings and the last
-document done are the same. Only documents with secrets are written; OUTPUT and its partial files are owner-only
-(0600), because they hold secret values, which the terminal never shows in full unless ``--show_values``.
+workers. The output is written through :class:`fabricunlearn.data.resumable.ResumableJSONL` (as `probe`'s): its
+record also holds the counts so far, and running the same command again after an interruption goes on from the
+next document, checking that the settings and the last document done are the same. Only documents with secrets
+are written; OUTPUT and its partial files are owner-only (0600), because they hold secret values, which the
+terminal never shows in full unless ``--show_values``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
@@ -68,29 +66,13 @@ def _default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def _write_private_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(obj, indent=1, ensure_ascii=False, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _same_id(a: object, b: object) -> bool:
-    return json.loads(json.dumps(a, default=str)) == json.loads(json.dumps(b, default=str))
-
-
 def _new_state() -> dict:
-    return {"documents": 0, "bytes": 0, "last_doc_id": None, "scanned": 0, "characters": 0, "with_secrets": 0,
+    return {"rows": 0, "bytes": 0, "last_doc_id": None, "scanned": 0, "characters": 0, "with_secrets": 0,
             "skipped": {}, "secrets": {}, "examples": {}}  # fmt: skip
 
 
-def _record(state: dict, chunk: list, rows: list[dict], size: int) -> None:
-    state["documents"] += len(chunk)
-    state["bytes"] = size
-    state["last_doc_id"] = chunk[-1].doc_id
+def _record(state: dict, chunk: list, rows: list[dict]) -> None:
+    """Count a chunk into the state (the documents, bytes and last doc_id are the output's to count)."""
     skipped = Counter(state["skipped"])
     skipped.update(doc.skip for doc in chunk if doc.skip)
     state["skipped"] = dict(sorted(skipped.items()))
@@ -143,6 +125,7 @@ def scan(
         progress: Show a progress bar.
     """
     from fabricunlearn.config import RecipeError
+    from fabricunlearn.data.resumable import ResumableJSONL
     from fabricunlearn.scan import TAGS
     from fabricunlearn.scan.keys import resolve_plugins
     from fabricunlearn.scan.sources import count_documents, input_kind, iter_documents
@@ -161,10 +144,6 @@ def scan(
         raise RecipeError(f"--key_plugins: {err}") from None
     if output.resolve() == input.resolve():
         raise RecipeError(f"--output: {output} is the input; write the scan rows elsewhere")
-    if output.exists() and not restart:
-        raise RecipeError(f"--output: {output} exists (a finished scan); pass --restart to scan again")
-    partial = output.with_name(output.name + ".partial")
-    sidecar = output.with_name(output.name + ".partial.json")
     settings = {
         "input": str(input.resolve()),
         "kind": kind,
@@ -173,40 +152,22 @@ def scan(
         "max_chars": max_chars,
         "scanner_version": SCANNER_VERSION,
     }
-    state = _new_state()
-    if partial.exists() and not restart:
-        record = json.loads(sidecar.read_text()) if sidecar.exists() else None
-        if record is None:
-            raise RecipeError(f"{partial} has no {sidecar.name} to resume from; pass --restart")
-        changed = [k for k in settings if record["settings"].get(k) != settings[k]]
-        if changed:
-            raise RecipeError(
-                f"{partial} was started with another {changed[0]} ({record['settings'].get(changed[0])!r}); "
-                "run with the same settings to resume, or pass --restart"
-            )
-        state = record["state"]
-        os.truncate(partial, state["bytes"])  # drop a chunk written after the last record (a kill in between)
-    else:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-        os.chmod(partial, 0o600)
-        _write_private_json(sidecar, {"settings": settings, "state": state})
-
-    excluded = [output, partial, sidecar, sidecar.with_name(f".{sidecar.name}.tmp")] + ([summary] if summary else [])
-    exclude = frozenset(p.absolute() for p in excluded)
+    out = ResumableJSONL(output, settings, _new_state(), restart=restart, what="scan")
+    state = out.state
+    exclude = frozenset(p.absolute() for p in out.files + ([summary] if summary else []))
     docs = iter_documents(input, max_chars, exclude)
-    done = state["documents"]
+    done = state["rows"]
     for i in range(done):  # what an earlier run did: skip it, checking that the input is the same
         doc = next(docs, None)
-        if doc is None or (i == done - 1 and not _same_id(doc.doc_id, state["last_doc_id"])):
-            raise RecipeError(f"{partial} does not match {input} (document {i}); pass --restart to scan from the start")
+        if i == done - 1:
+            out.check_skipped(i, None if doc is None else doc.doc_id, input)
 
     from tqdm import tqdm
 
     started = time.perf_counter()
     total = count_documents(input, exclude) if progress else None
     bar = tqdm(total=total, initial=done, unit="doc", disable=not progress, dynamic_ncols=True)
-    pool = None
+    pool, finished = None, False
     try:
         if workers == 1:
             _init_worker(plugins, tag_list)
@@ -226,31 +187,23 @@ def scan(
                 initargs=(plugins, tag_list, True),
             )
             results = _in_order(pool, _chunks(docs, chunk_docs), 2 * workers)
-        with partial.open("a", encoding="utf-8") as f:
-            for chunk, rows in results:
-                f.write("".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows))
-                f.flush()
-                os.fsync(f.fileno())
-                _record(state, chunk, rows, f.tell())
-                _write_private_json(sidecar, {"settings": settings, "state": state})
-                bar.update(len(chunk))
-                bar.set_postfix(secrets=sum(n for t in state["secrets"].values() for n in t.values()))
-    except BaseException:
-        if state["documents"] == 0 and partial.exists():  # nothing to resume from: leave no trace
-            partial.unlink()
-            sidecar.unlink(missing_ok=True)
-        raise
+        for chunk, rows in results:
+            _record(state, chunk, rows)
+            out.append(rows, len(chunk), chunk[-1].doc_id)
+            bar.update(len(chunk))
+            bar.set_postfix(secrets=sum(n for t in state["secrets"].values() for n in t.values()))
+        finished = True
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    os.replace(partial, output)
-    sidecar.unlink(missing_ok=True)
+        out.close(finished)
     report = {
         "input": str(input),
         "output": str(output),
         **{k: v for k, v in settings.items() if k != "input"},
-        **{k: v for k, v in state.items() if k not in ("bytes", "last_doc_id", "examples")},
+        "documents": state["rows"],
+        **{k: v for k, v in state.items() if k not in ("rows", "bytes", "last_doc_id", "examples")},
         "resumed_at": done,
         "seconds": round(time.perf_counter() - started, 2),
     }

@@ -130,7 +130,8 @@ def test_probe_refuses_to_resume_with_other_settings_or_to_overwrite(ci_world, s
     out = tmp_path / "p.jsonl"
     partial = out.with_name("p.jsonl.partial")
     partial.write_text("")
-    out.with_name("p.jsonl.partial.json").write_text(json.dumps({"el_ns": [10]}))
+    state = {"rows": 0, "bytes": 0, "last_doc_id": None}
+    out.with_name("p.jsonl.partial.json").write_text(json.dumps({"settings": {"el_ns": [10]}, "state": state}))
     base = ["probe", "--model", str(ci_world / "model"), "--data", str(scan_file), "--output", str(out)]
     assert main(base) == 2
     assert "pass --restart" in _error_line(capsys)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fabricunlearn.cli import main
-from fabricunlearn.commands import scan as scan_module
+from fabricunlearn.data import resumable
 from fabricunlearn.toy.secret_formats import plant_secrets
 from fabricunlearn.toy.stdlib_corpus import code_chunks
 
@@ -141,23 +141,24 @@ def test_every_input_kind_gives_the_same_rows(docs, scanned, tmp_path):
 def test_resumes_after_an_interruption(corpus, scanned, tmp_path, monkeypatch, workers):
     out = tmp_path / "r.jsonl"
     args = ["--input", corpus, "--output", out, "--chunk_docs", "7"]
-    real, calls = scan_module._record, []
+    real, calls = resumable.write_private_json, []
 
-    def dies_on_the_fourth_chunk(*a, **k):  # after the chunk is written, before it is recorded
+    def dies_recording_the_fourth_chunk(*a, **k):  # after the chunk is written and synced, before it is recorded
         calls.append(1)
-        if len(calls) == 4:
+        if len(calls) == 5:  # the first record is the empty state
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(scan_module, "_record", dies_on_the_fourth_chunk)
+    monkeypatch.setattr(resumable, "write_private_json", dies_recording_the_fourth_chunk)
     assert _scan(*args, workers=workers) == 130
     partial, sidecar = out.with_name("r.jsonl.partial"), out.with_name("r.jsonl.partial.json")
     assert not out.exists() and partial.exists()
     assert stat.S_IMODE(partial.stat().st_mode) == 0o600 and stat.S_IMODE(sidecar.stat().st_mode) == 0o600
-    assert json.loads(sidecar.read_text())["state"]["documents"] == 21
+    record = json.loads(sidecar.read_text())["state"]
+    assert record["rows"] == 21 and partial.stat().st_size > record["bytes"]  # a written chunk beyond the record
     with partial.open("a") as f:
         f.write('{"doc_id": "torn')  # and a kill in the middle of a write
-    monkeypatch.setattr(scan_module, "_record", real)
+    monkeypatch.setattr(resumable, "write_private_json", real)
     assert _scan(*args, workers=workers) == 0
     assert out.read_bytes() == scanned.read_bytes()
     assert not partial.exists() and not sidecar.exists()
@@ -166,7 +167,7 @@ def test_resumes_after_an_interruption(corpus, scanned, tmp_path, monkeypatch, w
 def test_refuses_to_resume_with_other_settings_or_to_overwrite(corpus, scanned, tmp_path, capsys):
     out = tmp_path / "o.jsonl"
     out.with_name("o.jsonl.partial").write_text("")
-    record = {"settings": {"key_plugins": ["AWSKeyDetector"]}, "state": {}}
+    record = {"settings": {"key_plugins": ["AWSKeyDetector"]}, "state": {"rows": 0, "bytes": 0}}
     out.with_name("o.jsonl.partial.json").write_text(json.dumps(record))
     assert _scan("--input", corpus, "--output", out) == 2
     assert "pass --restart" in _error_line(capsys)
