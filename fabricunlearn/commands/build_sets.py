@@ -8,8 +8,9 @@
   MA after a run measures collateral forgetting).
 - **retain.jsonl**: memorized code without secrets: from the first 64 tokens the model greedily reproduces the next
   64 with character BLEU-4 ≥ 0.95 (NLTK's ``sentence_bleu`` on strings, smoothing method 4, as the original), or
-  exactly (``--retain_match exact``). Candidates are corpus documents that have no secrets and at least 128 tokens,
-  taken in the order of a seeded hash of their ``doc_id`` (a deterministic shuffle that streams the corpus).
+  exactly (``--retain_match exact``). Candidates are corpus documents absent from the probed rows (the scan found no
+  secret in them) with at least 128 tokens, taken in the order of a seeded hash of their ``doc_id`` (a
+  deterministic shuffle that streams the corpus).
 - **unseen.jsonl**: code the model never saw, from ``--unseen`` or HumanEval (offline).
 - **manifest.json**: counts (with the reason each probed document was left out), settings, seed, and the SHA-256
   of every input file.
