@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 # Bumped when a change to the scanner changes what it finds, so that a partial scan is not resumed across it.
-SCANNER_VERSION = 1
+SCANNER_VERSION = 2
 CHUNK_CHARS = 4_000_000  # a chunk also ends after this many characters, which bounds the memory per chunk
 
 _WORKER_SCANNER = None

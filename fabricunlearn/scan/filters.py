@@ -14,8 +14,10 @@ Differences from the original, each on purpose:
   multicast, and IPv6 loopback, link-local and unique-local addresses, which the original kept.
 - **Emails and keys are compared case-insensitively** (``Test@…``, ``DUMMY_…`` were kept by the original).
 - **Placeholder keys.** A run of any 7 equal characters (``0000000``, ``*******``), not only ``a``/``A``/``x``/``X``;
-  and ``example`` joins the words (AWS's documented ``AKIAIOSFODNN7EXAMPLE``). A finding equal to a token prefix
-  (``ghp``) cannot occur here (prefixes are widened to their token), but is still dropped.
+  and ``example`` joins the words (AWS's documented ``AKIAIOSFODNN7EXAMPLE``). ``https`` marks a URL that an
+  entropy or keyword plugin took for a key, but not a provider's format that is a URL: the original dropped every
+  Slack webhook (``https://hooks.slack.com/services/…``). A finding equal to a token prefix (``ghp``) cannot occur
+  here (prefixes are widened to their token), but is still dropped.
 - **``is_hash``** reads the text before *this* occurrence on *its* line. The original looked up the first
   occurrence of the value with ``str.index`` and took ``content[:i].splitlines()[-1]``, which is the line before
   when the value starts a line.
@@ -53,9 +55,11 @@ def is_example_email(value: str) -> bool:
     return any(word in low for word in EXAMPLE_EMAIL_WORDS)
 
 
-def is_placeholder_key(value: str) -> bool:
+def is_placeholder_key(value: str, provider_format: bool = False) -> bool:
+    """``provider_format``: the value is a provider's format (Slack's webhook URL), which ``https`` does not mark."""
     low = value.lower()
-    return low in TOKEN_PREFIXES or bool(_RUN.search(value)) or any(word in low for word in PLACEHOLDER_KEY_WORDS)
+    words = [w for w in PLACEHOLDER_KEY_WORDS if w != "https"] if provider_format else PLACEHOLDER_KEY_WORDS
+    return low in TOKEN_PREFIXES or bool(_RUN.search(value)) or any(word in low for word in words)
 
 
 def is_hash(value: str, line_before: str) -> bool:

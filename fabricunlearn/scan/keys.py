@@ -21,8 +21,9 @@ expressions for the keyword plugin), so it is exact even when the value occurs e
    expression consumes (Artifactory's leading ``"``, ``=``, ``:``; Azure's ``AccountKey=``) are trimmed, a value is
    cut at whitespace or a quote (npm's ``npm_.+`` runs to the end of the line), and a match that stops inside a
    token (Stripe's 24 characters of a 99-character key; a JWT without its signature, from the plugin's lazy last
-   part) is extended over the token's characters ``[A-Za-z0-9_-]``. Backslashes at either end are stripped, as in
-   the original.
+   part) is extended over the token's characters ``[A-Za-z0-9_-]``; back over them too, but a match that starts
+   with a digit only over digits (a Telegram token ``<bot id>:<secret>`` follows ``/bot`` in the Bot API's URLs).
+   Backslashes at either end are stripped, as in the original.
 2. **Filters** (each differs from the original where noted, with the reason):
 
    - the five heuristic filters on the final value;
@@ -95,6 +96,7 @@ DEFAULT_FILENAME = "document.txt"  # the original's temp-file suffix; a real nam
 
 _LINE = re.compile(r"[^\r\n]+")
 TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+DIGITS = frozenset("0123456789")
 _LEAD_TRIM = " \t\"'`=:\\"
 _TRAIL_TRIM = " \t\"'`\\"
 _CUT = re.compile(r"[\s\"'`]")
@@ -280,7 +282,8 @@ def _whole_token(line: str, start: int, end: int, m_start: int, m_end: int, is_g
         while end < len(line) and line[end] in TOKEN_CHARS:  # a JWT's signature after the dot
             end += 1
     if end > start and line[start] in TOKEN_CHARS:
-        while start > 0 and line[start - 1] in TOKEN_CHARS:
+        back = DIGITS if line[start] in DIGITS else TOKEN_CHARS  # not over the "bot" of ".../bot<id>:<secret>"
+        while start > 0 and line[start - 1] in back:
             start -= 1
     return start, end
 

@@ -16,7 +16,8 @@ Differences from the original, each a bug fix:
 - **Cut IPv6 addresses.** The original tries its IPv6 alternatives in order and accepts the first one followed by
   a boundary character, and ``:`` is one: ``2001:db8::8:1`` came out as ``2001:db8::8`` and ``::ffff:1.2.3.4`` as
   ``::ffff:1``. Here an IPv6 address may not stop right before another ``:``, ``.`` or hex digit, so the
-  alternative that takes the whole address wins.
+  alternative that takes the whole address wins; nor start right after a hex digit and ``:``, so that the tail of
+  an address the boundaries reject (``DB_HOST=fd00:3456::65``) is not reported as an address (``3456::65``).
 - **A closing parenthesis.** The original accepts ``(`` and ``)`` before an address but only ``(`` after it, so
   ``(34.120.5.17)`` was missed; ``)`` is accepted after it here, as it is after an email address.
 - **Context of the version filter.** The original takes ``content[start - 100:end + 100]``; for an address in the
@@ -89,7 +90,7 @@ _IPV6_ALTERNATIVES = [
     rf"(?:{_H}:){{1,4}}:{_V4_TAIL}",  # IPv4-embedded
 ]
 # The 6 alternatives for "::" inside are the original's (H:){1,6}:H, (H:){1,5}(:H){1,2}, ... H:(:H){1,6}.
-_IPV6 = rf"(?:{'|'.join(_IPV6_ALTERNATIVES)})(?!:?[0-9A-Fa-f]|\.[0-9])"
+_IPV6 = rf"(?<![0-9A-Fa-f]:)(?:{'|'.join(_IPV6_ALTERNATIVES)})(?!:?[0-9A-Fa-f]|\.[0-9])"
 _IP = regex.compile(
     rf"""(?:(?<=^)|(?<=[\b\s@?,!;:'")(.\p{{Han}}]))({_IPV4}|{_IPV6})(?=$|[\s@,?!;:'")(.\p{{Han}}])""",
     regex.MULTILINE,

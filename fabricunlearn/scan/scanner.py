@@ -39,7 +39,7 @@ class Scanner:
         if "IP_ADDRESS" in self.tags:
             found += [m for m in find_ips(text) if not filters.is_private_ip(m.value)]
         if self.keys is not None:
-            found += [m for m in self.keys.find(text, filename) if not filters.is_placeholder_key(m.value)]
+            found += [m for m in self.keys.find(text, filename) if not filters.is_placeholder_key(m.value, m.rank == 0)]
         return _without_overlaps(found)
 
     def scan(self, text: str, filename: str = DEFAULT_FILENAME) -> list[dict]:
