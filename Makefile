@@ -49,6 +49,7 @@ format: setup
 bench: setup
 	$(BIN)/python tools/bench_loop.py
 	$(BIN)/python tools/bench_metrics.py
+	$(BIN)/python tools/bench_scan.py
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache
