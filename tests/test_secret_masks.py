@@ -20,7 +20,7 @@ def test_exact_mask_covers_the_secret_and_nothing_beside_it(tokenizer):
     rng = random.Random(0)
     for _ in range(50):
         value = "".join(rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789") for _ in range(rng.randrange(4, 30)))
-        before = rng.choice(["key = '", "x\r\nkey=\"", "# clé : «", "token: "])
+        before = rng.choice(["key = '", 'x\r\nkey="', "# clé : «", "token: "])
         text = before + value + rng.choice(["'\n", '"\r\n', "» fin", ""]) + "print(1)"
         start, end = len(before), len(before) + len(value)
         row = {"text": text, "secrets": [{"value": value, "start": start, "end": end}]}
