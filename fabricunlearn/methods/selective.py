@@ -1,0 +1,175 @@
+"""CodeEraser's methods (reference codeeraser-sscu.md §2): controllable unlearning (CU), secret-selective gradient
+ascent (SSGA) and secret-selective controllable unlearning (SSCU, "CodeEraser").
+
+Every term is a per-token mean over the optimizer step (module `fabricunlearn.methods.base`). The KL terms are
+KL(reference ‖ policy) per target position, computed in float32 log-space (:func:`kl_to_reference`) and averaged
+over the real tokens they cover. The original's control KL summed over every position, padding included, and
+divided by the number of sequences, so its scale grew with the sequence length; here λ and α weigh per-token means
+(with the original's 128-token retain sequences, its λ corresponds to about λ × 127 here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fabricunlearn.methods.base import Batch, Method, target_mask
+from fabricunlearn.methods.registry import register
+
+
+def _logits(model: torch.nn.Module, part: dict[str, torch.Tensor]) -> torch.Tensor:
+    out = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], use_cache=False)
+    return out.logits[:, :-1].float()
+
+
+def token_ce(logits: torch.Tensor, part: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per target position CE `[B, T-1]` from shifted float32 logits, zero on padding."""
+    targets = part["labels"][:, 1:]
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none").view_as(
+        targets
+    )
+
+
+def kl_to_reference(policy_logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
+    """KL(reference ‖ policy) per position `[B, T-1]`: Σ_v q_v (log q_v − log p_v), in float32 log-space (no ε)."""
+    log_p = F.log_softmax(policy_logits.float(), dim=-1)
+    log_q = F.log_softmax(reference_logits.float(), dim=-1)
+    return (log_q.exp() * (log_q - log_p)).sum(-1)
+
+
+def _secret_mask(part: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Target positions whose token is a secret token `[B, T-1]` (the mask marks the target, as the original)."""
+    return part["secret_mask"][:, 1:] & target_mask(part)
+
+
+def _selective(logits, part, norm, context_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`−mean_{secret tokens} CE + γ·mean_{other real tokens} CE` and its two token sums."""
+    ce = token_ce(logits, part)
+    secret = _secret_mask(part)
+    context = target_mask(part) & ~secret
+    sums = {"secret": (ce * secret).sum(), "context": (ce * context).sum()}
+    return -sums["secret"] / norm["secret"] + context_weight * sums["context"] / norm["context"], sums
+
+
+@dataclass
+class _Controlled(Method):
+    """The shared control phase of CU and SSCU: `λ·α·mean_tokens KL(R)` on the retain set."""
+
+    uses_retain = True
+    needs_reference = True
+    kl_weight: float = 0.1
+    """λ (`control_lambda`): weight of the KL terms."""
+    retain_kl_weight: float = 1.0
+    """α (`control_alpha`): extra weight of the retain-side KL."""
+
+    def __post_init__(self) -> None:
+        if self.kl_weight < 0 or self.retain_kl_weight < 0:
+            raise ValueError("kl_weight and retain_kl_weight must be >= 0")
+
+    def _retain_kl(self, policy, reference, part, norm) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = _logits(policy, part)
+        with torch.no_grad():
+            ref = _logits(reference, part)
+        kl_sum = (kl_to_reference(logits, ref) * target_mask(part)).sum()
+        return self.kl_weight * self.retain_kl_weight * kl_sum / norm["retain_kl"], kl_sum
+
+
+@register
+@dataclass
+class ControllableUnlearning(_Controlled):
+    """CU: `L_F = −mean CE(F) − λ·mean KL(F)` on the forget set, then the control phase `λ·α·mean KL(R)`."""
+
+    name = "cu"
+
+    def term_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
+        counts = {}
+        if "forget" in batch:
+            counts["forget"] = counts["forget_kl"] = target_mask(batch["forget"]).sum()
+        if "retain" in batch:
+            counts["retain_kl"] = target_mask(batch["retain"]).sum()
+        return counts
+
+    def loss(self, policy, reference, batch, norm):
+        loss, sums = torch.zeros((), device=next(iter(batch.values()))["input_ids"].device), {}
+        if "forget" in batch:
+            part = batch["forget"]
+            logits = _logits(policy, part)
+            with torch.no_grad():
+                ref = _logits(reference, part)
+            mask = target_mask(part)
+            sums["forget"] = token_ce(logits, part).sum()
+            sums["forget_kl"] = (kl_to_reference(logits, ref) * mask).sum()
+            loss = loss - sums["forget"] / norm["forget"] - self.kl_weight * sums["forget_kl"] / norm["forget_kl"]
+        if "retain" in batch:
+            term, sums["retain_kl"] = self._retain_kl(policy, reference, batch["retain"], norm)
+            loss = loss + term
+        return loss, {k: v.detach() for k, v in sums.items()}
+
+
+@register
+@dataclass
+class SecretSelectiveGA(Method):
+    """SSGA: ascent on the secret tokens, γ-weighted descent on the rest of the document.
+
+    `L = −mean_{secret tokens} CE + γ·mean_{other real tokens} CE`; no retain set.
+    """
+
+    name = "ssga"
+    context_weight: float = 0.1
+    """γ (`select_gamma`): weight of the descent on the non-secret context."""
+
+    def __post_init__(self) -> None:
+        if self.context_weight < 0:
+            raise ValueError(f"context_weight must be >= 0, got {self.context_weight}")
+
+    def term_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if "forget" not in batch:
+            return {}
+        secret, real = _secret_mask(batch["forget"]), target_mask(batch["forget"])
+        return {"secret": secret.sum(), "context": (real & ~secret).sum()}
+
+    def loss(self, policy, reference, batch, norm):
+        loss, sums = _selective(_logits(policy, batch["forget"]), batch["forget"], norm, self.context_weight)
+        return loss, {k: v.detach() for k, v in sums.items()}
+
+
+@register
+@dataclass
+class SecretSelectiveCU(_Controlled):
+    """SSCU (CodeEraser): SSGA's forget loss, minus `λ·mean_{secret tokens} KL(F)`, then the control phase
+    `λ·α·mean KL(R)`."""
+
+    name = "sscu"
+    context_weight: float = 0.1
+    """γ (`select_gamma`): weight of the descent on the non-secret context."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.context_weight < 0:
+            raise ValueError(f"context_weight must be >= 0, got {self.context_weight}")
+
+    def term_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
+        counts = {}
+        if "forget" in batch:
+            secret, real = _secret_mask(batch["forget"]), target_mask(batch["forget"])
+            counts.update(secret=secret.sum(), context=(real & ~secret).sum(), secret_kl=secret.sum())
+        if "retain" in batch:
+            counts["retain_kl"] = target_mask(batch["retain"]).sum()
+        return counts
+
+    def loss(self, policy, reference, batch, norm):
+        loss, sums = torch.zeros((), device=next(iter(batch.values()))["input_ids"].device), {}
+        if "forget" in batch:
+            part = batch["forget"]
+            logits = _logits(policy, part)
+            with torch.no_grad():
+                ref = _logits(reference, part)
+            selective, sums = _selective(logits, part, norm, self.context_weight)
+            sums["secret_kl"] = (kl_to_reference(logits, ref) * _secret_mask(part)).sum()
+            loss = loss + selective - self.kl_weight * sums["secret_kl"] / norm["secret_kl"]
+        if "retain" in batch:
+            term, sums["retain_kl"] = self._retain_kl(policy, reference, batch["retain"], norm)
+            loss = loss + term
+        return loss, {k: v.detach() for k, v in sums.items()}

@@ -1,0 +1,110 @@
+"""CU, SSGA and SSCU losses on a hand-built two-sequence batch, against the same objectives written out per position
+with torch.distributions (an independent KL) and plain loops."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.distributions import Categorical, kl_divergence
+
+from fabricunlearn.data.batches import TokenizedSet, collate
+from fabricunlearn.methods import build_method
+from fabricunlearn.toy.pretrain import toy_gpt2
+
+PAD = 0
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    policy = toy_gpt2(
+        50, n_positions=32, n_embd=16, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2, pad_token_id=0
+    )
+    reference = copy.deepcopy(policy)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # a different model, so that every KL is far from 0
+    return policy.eval(), reference.eval()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    forget = TokenizedSet(
+        [[5, 9, 11, 12, 13, 7, 8], [6, 14, 15, 3]],  # two documents of different lengths: padding in the batch
+        [[False, False, True, True, True, False, False], [False, True, True, False]],
+    )
+    retain = TokenizedSet([[4, 5, 6, 7, 8], [9, 10, 11]])
+    return {"forget": collate(forget, [0, 1], PAD), "retain": collate(retain, [0, 1], PAD)}
+
+
+def _positions(model, part):
+    """(log-probs, logits, target, is_secret) for every real target position, one sequence at a time."""
+    out = []
+    for b in range(part["input_ids"].shape[0]):
+        n = int(part["attention_mask"][b].sum())
+        ids = part["input_ids"][b, :n][None]
+        logits = model(input_ids=ids).logits[0].float()
+        for t in range(1, n):
+            secret = bool(part["secret_mask"][b, t]) if "secret_mask" in part else False
+            out.append((torch.log_softmax(logits[t - 1], -1), logits[t - 1], int(ids[0, t]), secret))
+    return out
+
+
+def _kl(policy_logits, reference_logits):
+    return kl_divergence(Categorical(logits=reference_logits), Categorical(logits=policy_logits))
+
+
+def _expected(name, args, policy, reference, batch):
+    f_pol, f_ref = _positions(policy, batch["forget"]), _positions(reference, batch["forget"])
+    r_pol, r_ref = _positions(policy, batch["retain"]), _positions(reference, batch["retain"])
+    lam, alpha, gamma = args.get("kl_weight", 0.1), args.get("retain_kl_weight", 1.0), args.get("context_weight", 0.1)
+    secret = [(p, r) for p, r in zip(f_pol, f_ref) if p[3]]
+    context = [p for p in f_pol if not p[3]]
+    ce = lambda p: -p[0][p[2]]  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    retain_kl = lam * alpha * mean([_kl(p[1], r[1]) for p, r in zip(r_pol, r_ref)])
+    if name == "ssga":
+        return -mean([ce(p) for p, _ in secret]) + gamma * mean([ce(p) for p in context]), None
+    if name == "cu":
+        forget = -mean([ce(p) for p in f_pol]) - lam * mean([_kl(p[1], r[1]) for p, r in zip(f_pol, f_ref)])
+        return forget, retain_kl
+    forget = -mean([ce(p) for p, _ in secret]) + gamma * mean([ce(p) for p in context])
+    return forget - lam * mean([_kl(p[1], r[1]) for p, r in secret]), retain_kl
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [("ssga", {}), ("ssga", {"context_weight": 0.5}), ("cu", {}), ("cu", {"kl_weight": 0.7, "retain_kl_weight": 2.0}),
+     ("sscu", {}), ("sscu", {"kl_weight": 0.3, "retain_kl_weight": 0.5, "context_weight": 0.2})],
+)  # fmt: skip
+def test_loss_equals_the_objective_written_out(models, batch, name, args):
+    policy, reference = models
+    method = build_method(name, args)
+    forget_expected, retain_expected = _expected(name, args, policy, reference, batch)
+    phases = [({"forget": batch["forget"]}, forget_expected)]
+    if retain_expected is not None:
+        phases.append(({"retain": batch["retain"]}, retain_expected))
+    for part, expected in phases:
+        norm = {k: float(v) for k, v in method.term_counts(part).items()}  # one micro-batch = the whole step
+        loss, _ = method.loss(policy, reference, part, norm)
+        assert loss.detach().item() == pytest.approx(float(expected), rel=1e-5, abs=1e-6), (name, list(part))
+
+
+def test_kl_is_zero_against_itself_and_positive_otherwise(models, batch):
+    from fabricunlearn.methods.selective import _logits, kl_to_reference
+
+    policy, reference = models
+    part = batch["retain"]
+    assert kl_to_reference(_logits(policy, part), _logits(policy, part)).abs().max() < 1e-6
+    assert kl_to_reference(_logits(policy, part), _logits(reference, part)).min() > 0
+
+
+def test_methods_validate_their_arguments():
+    from fabricunlearn.config import MethodArgs, RecipeError
+
+    with pytest.raises(RecipeError, match="context_weight"):
+        MethodArgs(name="sscu", args={"context_weight": -1})
+    with pytest.raises(RecipeError, match="unknown key"):
+        MethodArgs(name="ssga", args={"kl_weight": 0.1})  # SSGA has no KL term
