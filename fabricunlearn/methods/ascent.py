@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fabricunlearn.methods.base import Batch, Method, target_mask, token_nll
+from fabricunlearn.methods.base import Batch, Method, reference_kl_sum, target_mask, token_nll
 from fabricunlearn.methods.registry import register
 
 
@@ -59,4 +59,44 @@ class GradientDifference(Method):
         if "retain" in batch:
             sums["retain"] = token_nll(policy, batch["retain"]).sum()
             loss = loss + self.retain_weight * sums["retain"] / norm["retain"]
+        return loss, {k: v.detach() for k, v in sums.items()}
+
+
+@register
+@dataclass
+class AscentPlusKL(Method):
+    """GA + KL (Yao et al. 2024): ascent on the forget set, and on the retain set the KL from the original model,
+    `L = -mean_tokens NLL(forget) + retain_weight * mean_tokens KL(reference || policy)(retain)`.
+
+    The original (`AscentPlusKLDivergenceTrainer`) computed the cross-entropy H(p_ref, q_θ) over every position,
+    padding included, without a mask: KL plus a constant, diluted by padding. Here: the KL itself, per real token.
+    """
+
+    name = "ga_kl"
+    uses_retain = True
+    needs_reference = True
+    retain_weight: float = 1.0
+    """Weight of the KL term on the retain set."""
+
+    def __post_init__(self) -> None:
+        if self.retain_weight < 0:
+            raise ValueError(f"retain_weight must be >= 0, got {self.retain_weight}")
+
+    def term_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
+        counts = {}
+        if "forget" in batch:
+            counts["forget"] = target_mask(batch["forget"]).sum()
+        if "retain" in batch:
+            counts["retain_kl"] = target_mask(batch["retain"]).sum()
+        return counts
+
+    def loss(self, policy, reference, batch, norm):
+        loss = torch.zeros((), device=next(iter(batch.values()))["input_ids"].device)
+        sums: dict[str, torch.Tensor] = {}
+        if "forget" in batch:
+            sums["forget"] = token_nll(policy, batch["forget"]).sum()
+            loss = loss - sums["forget"] / norm["forget"]
+        if "retain" in batch:
+            sums["retain_kl"], _ = reference_kl_sum(policy, reference, batch["retain"])
+            loss = loss + self.retain_weight * sums["retain_kl"] / norm["retain_kl"]
         return loss, {k: v.detach() for k, v in sums.items()}

@@ -56,12 +56,39 @@ def target_mask(part: dict[str, torch.Tensor]) -> torch.Tensor:
     return part["labels"][:, 1:] != -100
 
 
+def shifted_logits(model: torch.nn.Module, part: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Float32 logits `[B, T-1, V]`, position t predicting token t + 1."""
+    # no KV cache: training never reuses it, and building it costs time and memory
+    out = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], use_cache=False)
+    return out.logits[:, :-1].float()
+
+
+def token_ce(logits: torch.Tensor, part: dict[str, torch.Tensor], labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Per target position CE `[B, T-1]` from shifted logits, zero where the target is padding. ``labels``: other
+    targets `[B, T]` than the batch's own (random or adversarial labels)."""
+    targets = (part["labels"] if labels is None else labels)[:, 1:]
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none").view_as(
+        targets
+    )
+
+
 def token_nll(model: torch.nn.Module, part: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-position negative log-likelihood `[B, T-1]` in float32, zero where the target is padding."""
-    # no KV cache: training never reuses it, and building it costs time and memory
-    logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], use_cache=False).logits
-    targets = part["labels"][:, 1:]
-    nll = F.cross_entropy(
-        logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none"
-    ).view_as(targets)
-    return nll
+    return token_ce(shifted_logits(model, part), part)
+
+
+def kl_to_reference(policy_logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
+    """KL(reference ‖ policy) per position `[B, T-1]`: Σ_v q_v (log q_v − log p_v), in float32 log-space (no ε).
+    Callers mask it to real tokens and state their reduction."""
+    log_p = F.log_softmax(policy_logits.float(), dim=-1)
+    log_q = F.log_softmax(reference_logits.float(), dim=-1)
+    return (log_q.exp() * (log_q - log_p)).sum(-1)
+
+
+def reference_kl_sum(policy, reference, part: dict[str, torch.Tensor], mask: torch.Tensor | None = None):
+    """(Σ over the masked positions of KL(reference ‖ policy), the policy's shifted logits); mask: real tokens."""
+    logits = shifted_logits(policy, part)
+    with torch.no_grad():
+        ref = shifted_logits(reference, part)
+    mask = target_mask(part) if mask is None else mask
+    return (kl_to_reference(logits, ref) * mask).sum(), logits

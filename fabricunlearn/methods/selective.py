@@ -2,7 +2,7 @@
 ascent (SSGA) and secret-selective controllable unlearning (SSCU, "CodeEraser").
 
 Every term is a per-token mean over the optimizer step (module `fabricunlearn.methods.base`). The KL terms are
-KL(reference ‖ policy) per target position, computed in float32 log-space (:func:`kl_to_reference`) and averaged
+KL(reference ‖ policy) per target position, computed in float32 log-space (`base.kl_to_reference`) and averaged
 over the real tokens they cover. The original's control KL summed over every position, padding included, and
 divided by the number of sequences, so its scale grew with the sequence length; here λ and α weigh per-token means
 (with the original's 128-token retain sequences, its λ corresponds to about λ × 127 here).
@@ -13,30 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from fabricunlearn.methods.base import Batch, Method, target_mask
+from fabricunlearn.methods.base import Batch, Method, reference_kl_sum, shifted_logits, target_mask, token_ce
 from fabricunlearn.methods.registry import register
-
-
-def _logits(model: torch.nn.Module, part: dict[str, torch.Tensor]) -> torch.Tensor:
-    out = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], use_cache=False)
-    return out.logits[:, :-1].float()
-
-
-def token_ce(logits: torch.Tensor, part: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per target position CE `[B, T-1]` from shifted float32 logits, zero on padding."""
-    targets = part["labels"][:, 1:]
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none").view_as(
-        targets
-    )
-
-
-def kl_to_reference(policy_logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
-    """KL(reference ‖ policy) per position `[B, T-1]`: Σ_v q_v (log q_v − log p_v), in float32 log-space (no ε)."""
-    log_p = F.log_softmax(policy_logits.float(), dim=-1)
-    log_q = F.log_softmax(reference_logits.float(), dim=-1)
-    return (log_q.exp() * (log_q - log_p)).sum(-1)
 
 
 def _secret_mask(part: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -69,10 +48,7 @@ class _Controlled(Method):
             raise ValueError("kl_weight and retain_kl_weight must be >= 0")
 
     def _retain_kl(self, policy, reference, part, norm) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = _logits(policy, part)
-        with torch.no_grad():
-            ref = _logits(reference, part)
-        kl_sum = (kl_to_reference(logits, ref) * target_mask(part)).sum()
+        kl_sum, _ = reference_kl_sum(policy, reference, part)
         return self.kl_weight * self.retain_kl_weight * kl_sum / norm["retain_kl"], kl_sum
 
 
@@ -95,12 +71,8 @@ class ControllableUnlearning(_Controlled):
         loss, sums = torch.zeros((), device=next(iter(batch.values()))["input_ids"].device), {}
         if "forget" in batch:
             part = batch["forget"]
-            logits = _logits(policy, part)
-            with torch.no_grad():
-                ref = _logits(reference, part)
-            mask = target_mask(part)
+            sums["forget_kl"], logits = reference_kl_sum(policy, reference, part)
             sums["forget"] = token_ce(logits, part).sum()
-            sums["forget_kl"] = (kl_to_reference(logits, ref) * mask).sum()
             loss = loss - sums["forget"] / norm["forget"] - self.kl_weight * sums["forget_kl"] / norm["forget_kl"]
         if "retain" in batch:
             term, sums["retain_kl"] = self._retain_kl(policy, reference, batch["retain"], norm)
@@ -131,7 +103,7 @@ class SecretSelectiveGA(Method):
         return {"secret": secret.sum(), "context": (real & ~secret).sum()}
 
     def loss(self, policy, reference, batch, norm):
-        loss, sums = _selective(_logits(policy, batch["forget"]), batch["forget"], norm, self.context_weight)
+        loss, sums = _selective(shifted_logits(policy, batch["forget"]), batch["forget"], norm, self.context_weight)
         return loss, {k: v.detach() for k, v in sums.items()}
 
 
@@ -163,11 +135,9 @@ class SecretSelectiveCU(_Controlled):
         loss, sums = torch.zeros((), device=next(iter(batch.values()))["input_ids"].device), {}
         if "forget" in batch:
             part = batch["forget"]
-            logits = _logits(policy, part)
-            with torch.no_grad():
-                ref = _logits(reference, part)
+            secret_kl, logits = reference_kl_sum(policy, reference, part, _secret_mask(part))
             selective, sums = _selective(logits, part, norm, self.context_weight)
-            sums["secret_kl"] = (kl_to_reference(logits, ref) * _secret_mask(part)).sum()
+            sums["secret_kl"] = secret_kl
             loss = loss + selective - self.kl_weight * sums["secret_kl"] / norm["secret_kl"]
         if "retain" in batch:
             term, sums["retain_kl"] = self._retain_kl(policy, reference, batch["retain"], norm)
