@@ -1,5 +1,5 @@
-"""GA+KL, CU, SSGA and SSCU losses on a hand-built two-sequence batch, against the same objectives written out per position
-with torch.distributions (an independent KL) and plain loops."""
+"""GA+KL, CU, SSGA and SSCU losses on a hand-built two-sequence batch, against the same objectives written out per
+position with torch.distributions (an independent KL) and plain loops."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def batch():
     return {"forget": collate(forget, [0, 1], PAD), "retain": collate(retain, [0, 1], PAD)}
 
 
+@torch.no_grad()
 def _positions(model, part):
     """(log-probs, logits, target, is_secret) for every real target position, one sequence at a time."""
     out = []
