@@ -1,5 +1,5 @@
-"""Random and adversarial labels: fixed per document whatever the batch, the adversarial ones the original model's
-best wrong guess (checked position by position), and the loss a plain descent towards them."""
+"""Random and adversarial labels, and NPO: labels fixed per document whatever the batch, the adversarial ones the
+best wrong guess (checked position by position), the loss a plain descent towards them; NPO against its formula."""
 
 from __future__ import annotations
 
@@ -76,3 +76,33 @@ def test_loss_is_descent_towards_the_labels(models, name):
             expected -= logp[t, labels[k, t + 1]].item()
             count += 1
     assert loss.detach().item() == pytest.approx(expected / count, rel=1e-5)
+
+
+@pytest.mark.parametrize(("retain", "beta"), [("none", 0.1), ("nll", 0.5), ("kl", 0.1)])
+def test_npo_loss_equals_the_formula(models, retain, beta):
+    """NPO = −(2/β) mean_x log σ(−β (log π_θ(x) − log π_ref(x))), with log π(x) summed over each document's tokens."""
+    policy, reference = models
+    method = build_method("npo", {"retain": retain, "beta": beta, "retain_weight": 0.5})
+    assert method.uses_retain is (retain != "none")
+    batch = _batch([0, 1, 2])
+    norm = {k: float(v) for k, v in method.term_counts(batch).items()}
+    loss, _ = method.loss(policy, reference, batch, norm)
+    expected = 0.0
+    for doc in DOCS:
+        ids = torch.tensor([doc])
+        lp = [torch.log_softmax(m(input_ids=ids).logits[0], -1) for m in (policy, reference)]
+        seq = [sum(x[t, doc[t + 1]].item() for t in range(len(doc) - 1)) for x in lp]
+        expected += -(2 / beta) * torch.nn.functional.logsigmoid(torch.tensor(-beta * (seq[0] - seq[1]))).item()
+    assert loss.detach().item() == pytest.approx(expected / len(DOCS), rel=1e-5)
+    if retain != "none":
+        retain_batch = {"retain": batch["forget"]}
+        norm = {k: float(v) for k, v in method.term_counts(retain_batch).items()}
+        value, _ = method.loss(policy, reference, retain_batch, norm)
+        targets = sum(len(d) - 1 for d in DOCS)
+        total = 0.0
+        for doc in DOCS:
+            ids = torch.tensor([doc])
+            p, q = (torch.log_softmax(m(input_ids=ids).logits[0], -1) for m in (policy, reference))
+            for t in range(len(doc) - 1):
+                total += -p[t, doc[t + 1]].item() if retain == "nll" else (q[t].exp() * (q[t] - p[t])).sum().item()
+        assert value.detach().item() == pytest.approx(0.5 * total / targets, rel=1e-5)
