@@ -44,6 +44,11 @@ class Method:
         """Per term, the number of tokens it sums over in this micro-batch (from masks only, no forward pass)."""
         raise NotImplementedError
 
+    def log_name(self, term: str) -> str:
+        """The name a term's per-token mean is logged under (`train/<name>`): a KL term by its own name, a
+        likelihood term as `<term>_nll`."""
+        return term if term.endswith("_kl") else f"{term}_nll"
+
     def loss(
         self, policy: torch.nn.Module, reference: torch.nn.Module | None, batch: Batch, norm: dict[str, float]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

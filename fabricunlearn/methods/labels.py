@@ -32,6 +32,9 @@ def _row_key(ids: torch.Tensor) -> bytes:
 
 @dataclass
 class _WrongLabels(Method):
+    def log_name(self, term: str) -> str:
+        return "forget_wrong_label_nll" if term == "forget" else super().log_name(term)
+
     def term_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {"forget": target_mask(batch["forget"]).sum()} if "forget" in batch else {}
 

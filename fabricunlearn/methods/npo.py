@@ -45,6 +45,9 @@ class NPO(Method):
         if self.retain not in ("none", "nll", "kl"):
             raise ValueError(f"retain must be none, nll or kl, got {self.retain!r}")
 
+    def log_name(self, term: str) -> str:
+        return {"forget_docs": "forget_npo", "retain": f"retain_{self.retain}"}.get(term, term)
+
     @property
     def uses_retain(self) -> bool:  # type: ignore[override]
         return self.retain != "none"

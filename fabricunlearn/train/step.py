@@ -88,7 +88,7 @@ def train_step(fabric, model, optimizer, method, reference, rd: RunData, run, st
     for t in counts:
         s = sums.get(t, torch.zeros((), device=fabric.device))
         s = fabric.all_reduce(s, reduce_op="sum") if world > 1 else s
-        logs[f"train/{t}_nll"] = s.item() / max(counts[t], 1.0)
+        logs[f"train/{method.log_name(t)}"] = s.item() / max(counts[t], 1.0)
     return logs
 
 

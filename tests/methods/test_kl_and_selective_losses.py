@@ -114,3 +114,30 @@ def test_methods_validate_their_arguments():
         MethodArgs(name="sscu", args={"context_weight": -1})
     with pytest.raises(RecipeError, match="unknown key"):
         MethodArgs(name="ssga", args={"kl_weight": 0.1})  # SSGA has no KL term
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "terms"),
+    [
+        ("sscu", {}, {"secret_nll", "context_nll", "secret_kl", "retain_kl"}),
+        pytest.param("cu", {}, {"forget_nll", "forget_kl", "retain_kl"}, marks=pytest.mark.slow),
+        pytest.param("npo", {"retain": "kl"}, {"forget_npo", "retain_kl"}, marks=pytest.mark.slow),
+        pytest.param("adversarial_labels", {}, {"forget_wrong_label_nll"}, marks=pytest.mark.slow),
+    ],
+)
+def test_a_run_trains_and_logs_every_term(tiny_world, tmp_path, name, args, terms):
+    """Through the whole loop (two-phase epochs, reference model, checkpoint): each term reaches TensorBoard."""
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fabricunlearn.cli import run
+    from tests.conftest import tiny_recipe
+
+    out = tmp_path / name
+    run(tiny_recipe(tiny_world, out, **{"method.name": name, "method.args": json.dumps(args), "stop.max_epochs": 1}))
+    accumulator = EventAccumulator(str(out / "tensorboard"))
+    accumulator.Reload()
+    logged = {tag.removeprefix("train/") for tag in accumulator.Tags()["scalars"] if tag.startswith("train/")}
+    assert terms <= logged, terms - logged
+    assert all(torch.isfinite(torch.tensor(accumulator.Scalars(f"train/{t}")[-1].value)) for t in terms)
