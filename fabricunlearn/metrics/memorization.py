@@ -123,10 +123,10 @@ def secret_ma(
     original makes 32 one-token ``generate`` calls; with the padding masked the predictions are the same. ``sync``:
     see :mod:`fabricunlearn.metrics.decoding` (equal forward passes on every rank).
     """
-    with eval_mode(model):
-        preds = next_token_predictions(model, enc.prefix_ids, enc.secret_ids, pad_token_id, batch_size, sync)
-    values = [sum(p == t for p, t in zip(pr, s)) / len(s) if s else math.nan for pr, s in zip(preds, enc.secret_ids)]
-    return torch.tensor(values, dtype=torch.float64)
+    scores = secret_scores(
+        model, enc, (), pad_token_id=pad_token_id, eos_token_id=None, batch_size=batch_size, sync=sync
+    )
+    return scores["ma"]
 
 
 def _el(secret: list[int], cont: dict[int, list[int]], n: int) -> float:
@@ -155,14 +155,15 @@ def secret_el(
     pad_token_id: int,
     eos_token_id: int | Sequence[int] | None,
     batch_size: int = 64,
-    max_secret_tokens: int = 32,
+    max_secret_tokens: int | None = None,
     share_work: bool = True,
     sync: Sync | None = None,
     predictions: Sequence[list[int]] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Secret EL_n for every n in ``ns``: ``{n: float64 tensor [len(enc)]}`` on CPU (NaN for an empty secret).
 
-    Secrets are cut to ``max_secret_tokens`` (S in the reference). All n are scored from the same continuations: the
+    Secrets are as :func:`encode_secrets` cut them (to S = 32 tokens by default); ``max_secret_tokens`` cuts them
+    further. All n are scored from the same continuations: the
     one from offset i does not depend on n, and offset 0 also serves the ``L < n`` case. ``eos_token_id`` ends a row
     (a sequence of ids is accepted for models with several); ``None`` never ends one.
 
@@ -176,7 +177,7 @@ def secret_el(
     if not ns or any(n < 1 for n in ns):
         raise ValueError(f"ns must be a non-empty list of n >= 1, got {list(ns)}")
     ns = sorted({int(n) for n in ns})
-    secrets = [s[:max_secret_tokens] for s in enc.secret_ids]
+    secrets = [s[:max_secret_tokens] for s in enc.secret_ids]  # [:None] keeps all
     if not all(enc.prefix_ids):
         raise ValueError("every prefix needs at least one token (encode_secrets conditions an empty one on BOS)")
     # Offsets 0 … L − n for the smallest n (it scores the most); offset 0 alone serves L < n.
@@ -206,7 +207,7 @@ def secret_scores(
     pad_token_id: int,
     eos_token_id: int | Sequence[int] | None,
     batch_size: int = 64,
-    max_secret_tokens: int = 32,
+    max_secret_tokens: int | None = None,
     sync: Sync | None = None,
 ) -> dict[str, torch.Tensor]:
     """``{"ma": …, "el<n>": …}`` for every n in ``ns`` (empty: MA only), the same values as :func:`secret_ma` and
