@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -47,47 +48,19 @@ class GradientDifference(Method):
         if self.retain_weight < 0:
             raise ValueError(f"retain_weight must be >= 0, got {self.retain_weight}")
 
-    def term_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return {part: target_mask(batch[part]).sum() for part in ("forget", "retain") if part in batch}
+    retain_term: ClassVar[str] = "retain"
+    """The retain term's name (its token counts, its log name)."""
 
-    def loss(self, policy, reference, batch, norm):
-        loss = torch.zeros((), device=next(iter(batch.values()))["input_ids"].device)
-        sums: dict[str, torch.Tensor] = {}
-        if "forget" in batch:
-            sums["forget"] = token_nll(policy, batch["forget"]).sum()
-            loss = loss - sums["forget"] / norm["forget"]
-        if "retain" in batch:
-            sums["retain"] = token_nll(policy, batch["retain"]).sum()
-            loss = loss + self.retain_weight * sums["retain"] / norm["retain"]
-        return loss, {k: v.detach() for k, v in sums.items()}
-
-
-@register
-@dataclass
-class AscentPlusKL(Method):
-    """GA + KL (Yao et al. 2024): ascent on the forget set, and on the retain set the KL from the original model,
-    `L = -mean_tokens NLL(forget) + retain_weight * mean_tokens KL(reference || policy)(retain)`.
-
-    The original (`AscentPlusKLDivergenceTrainer`) computed the cross-entropy H(p_ref, q_θ) over every position,
-    padding included, without a mask: KL plus a constant, diluted by padding. Here: the KL itself, per real token.
-    """
-
-    name = "ga_kl"
-    uses_retain = True
-    needs_reference = True
-    retain_weight: float = 1.0
-    """Weight of the KL term on the retain set."""
-
-    def __post_init__(self) -> None:
-        if self.retain_weight < 0:
-            raise ValueError(f"retain_weight must be >= 0, got {self.retain_weight}")
+    def retain_sum(self, policy, reference, part: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The retain term summed over the micro-batch's real tokens: NLL here."""
+        return token_nll(policy, part).sum()
 
     def term_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
         counts = {}
         if "forget" in batch:
             counts["forget"] = target_mask(batch["forget"]).sum()
         if "retain" in batch:
-            counts["retain_kl"] = target_mask(batch["retain"]).sum()
+            counts[self.retain_term] = target_mask(batch["retain"]).sum()
         return counts
 
     def loss(self, policy, reference, batch, norm):
@@ -97,6 +70,26 @@ class AscentPlusKL(Method):
             sums["forget"] = token_nll(policy, batch["forget"]).sum()
             loss = loss - sums["forget"] / norm["forget"]
         if "retain" in batch:
-            sums["retain_kl"], _ = reference_kl_sum(policy, reference, batch["retain"])
-            loss = loss + self.retain_weight * sums["retain_kl"] / norm["retain_kl"]
+            sums[self.retain_term] = self.retain_sum(policy, reference, batch["retain"])
+            loss = loss + self.retain_weight * sums[self.retain_term] / norm[self.retain_term]
         return loss, {k: v.detach() for k, v in sums.items()}
+
+
+@register
+@dataclass
+class AscentPlusKL(GradientDifference):
+    """GA + KL (Yao et al. 2024): ascent on the forget set, and on the retain set the KL from the original model,
+    `L = -mean_tokens NLL(forget) + retain_weight * mean_tokens KL(reference || policy)(retain)`.
+
+    The original (`AscentPlusKLDivergenceTrainer`) computed the cross-entropy H(p_ref, q_θ) over every position,
+    padding included, without a mask: KL plus a constant, diluted by padding. Here: the KL itself, per real token.
+    `retain_weight` weighs the KL term.
+    """
+
+    name = "ga_kl"
+    needs_reference = True
+    retain_term = "retain_kl"
+
+    def retain_sum(self, policy, reference, part):
+        kl_sum, _ = reference_kl_sum(policy, reference, part)
+        return kl_sum
