@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch stays pinned through constraints.txt: an unpinned torch pulls a multi-GB CUDA build.
 PIP_INSTALL := $(BIN)/pip install --quiet -c constraints.txt
 
-.PHONY: setup demo test test-fast lint format bench clean
+.PHONY: setup demo test test-fast lint format bench methods-table clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,10 @@ bench: setup
 	$(BIN)/python tools/bench_loop.py
 	$(BIN)/python tools/bench_metrics.py
 	$(BIN)/python tools/bench_scan.py
+
+# Every toy recipe on the CI world, then `compare`: the table and plot of docs/methods.md (a few minutes).
+methods-table: setup
+	$(BIN)/python tools/compare_toy_methods.py
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache

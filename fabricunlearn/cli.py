@@ -5,6 +5,7 @@
     fabricunlearn probe --model M --data F --output O   score every secret of a scan file (MA, EL_n)
     fabricunlearn thresholds --model M [--data F]       memorization thresholds from unseen code
     fabricunlearn build-sets --model M --data P --corpus C --out_dir D   forget / kept / retain / unseen sets
+    fabricunlearn compare RUN_DIR [RUN_DIR ...]        one table (and plot) of finished runs
     fabricunlearn toy build code_secrets [--out_dir D]  build (or find cached) a toy world
 
 Errors a user can fix (a bad recipe key, a missing file, a model folder that is not a causal LM) are printed as
@@ -90,7 +91,13 @@ def run(argv: list[str]) -> Path:
 def _command(name: str):
     from importlib import import_module
 
-    module = {"scan": "scan", "probe": "probe", "thresholds": "thresholds", "build-sets": "build_sets"}[name]
+    module = {
+        "scan": "scan",
+        "probe": "probe",
+        "thresholds": "thresholds",
+        "build-sets": "build_sets",
+        "compare": "compare",
+    }[name]
     return getattr(import_module(f"fabricunlearn.commands.{module}"), module)
 
 
@@ -118,7 +125,7 @@ def _one_line(text: str) -> str:
     return " ".join(lines[:3])
 
 
-USAGE = """usage: fabricunlearn {run,scan,probe,thresholds,build-sets,toy} ...
+USAGE = """usage: fabricunlearn {run,scan,probe,thresholds,build-sets,compare,toy} ...
 
 Find and erase memorized secrets (keys, tokens, emails, IPs) in code language models.
 
@@ -131,6 +138,7 @@ commands:
                                  memorization thresholds from unseen code (HumanEval by default)
   build-sets --model M --data PROBED --corpus C --out_dir D
                                  forget / kept / retain / unseen sets from probed rows       (build-sets --help)
+  compare RUN_DIR [RUN_DIR ...]  forgetting, kept MA and perplexity of finished runs, side by side (compare --help)
   toy build WORLD                build, or reuse, a toy world for CPU runs        (fabricunlearn toy build --help)
 
 examples:
@@ -144,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
-    if argv[0] not in ("run", "scan", "probe", "thresholds", "build-sets", "toy"):
+    if argv[0] not in ("run", "scan", "probe", "thresholds", "build-sets", "compare", "toy"):
         print(f"fabricunlearn: error: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -163,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         target = commands.get(argv[0])
         if callable(target):
             argv = [argv[0], *_bare_flags(argv[1:], target)]
+        if argv[0] == "compare":  # RUN_DIR ... are bare; jsonargparse takes a list only as --runs JSON
+            from fabricunlearn.commands.compare import runs_as_option
+
+            argv = [argv[0], *runs_as_option(argv[1:])]
         CLI(commands, args=argv, prog="fabricunlearn", description=__doc__, as_positional=argv[0] == "toy")
         return 0
     except KeyboardInterrupt:

@@ -33,11 +33,53 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 
 @dataclass
+class LoraArgs:
+    enabled: bool = False
+    """Train low-rank adapters (peft LoRA) instead of every weight. The reference model of KL methods is then the same
+    model with its adapters disabled (no second copy); `final/` holds the merged weights, `final/adapter/` the
+    adapter."""
+    r: int = 32
+    """Adapter rank (CodeEraser's PECU mode: 32)."""
+    alpha: float = 32.0
+    """Adapter scale numerator: the update is `alpha / r * B A` (CodeEraser: 32)."""
+    dropout: float = 0.1
+    """Dropout on the adapters' input while training (CodeEraser: 0.1). A resumed run equals an uninterrupted one only
+    with 0: the random state of dropout is not checkpointed."""
+    target_modules: list[str] = field(default_factory=list)
+    """Module names (or name suffixes) that get adapters, e.g. `[c_attn, c_proj, c_fc]` (GPT-2, CodeParrot) or
+    `[qkv_proj, out_proj, fc_in, fc_out]` (CodeGen). Empty: every linear layer but the output head (peft's
+    `all-linear`), which is exactly CodeEraser's choice on GPT-2 and CodeGen, and all seven projections on Qwen2 or
+    Llama."""
+    quantize: Literal["none", "4bit"] = "none"
+    """`4bit`: QLoRA, the frozen base weights in bitsandbytes NF4 with double quantization and bf16 compute (CUDA and
+    the `gpu` extra only); the adapters stay in float32."""
+
+    def __post_init__(self) -> None:
+        _require(self.r >= 1, "model.lora.r", f"must be >= 1, got {self.r}")
+        _require(self.alpha > 0, "model.lora.alpha", f"must be > 0, got {self.alpha}")
+        _require(0 <= self.dropout < 1, "model.lora.dropout", f"must be in [0, 1), got {self.dropout}")
+        names = list(self.target_modules)
+        _require(
+            all(isinstance(n, str) and n.strip() for n in names),
+            "model.lora.target_modules",
+            f"module names must be non-empty strings, got {names}",
+        )
+        _require(len(set(names)) == len(names), "model.lora.target_modules", f"repeated names in {names}")
+        _require(
+            self.enabled or self.quantize == "none",
+            "model.lora.quantize",
+            f"{self.quantize!r} (QLoRA) trains adapters: set model.lora.enabled: true",
+        )
+
+
+@dataclass
 class ModelArgs:
     path: str | None = None
     """Hugging Face causal LM folder (GPT-2, CodeGen, Qwen2, Llama, GPT-NeoX); empty: the toy world's model."""
     tokenizer: str | None = None
     """Tokenizer folder when it is not the model folder."""
+    lora: LoraArgs = field(default_factory=LoraArgs)
+    """LoRA / QLoRA adapters (off by default: every weight trains)."""
 
 
 @dataclass

@@ -63,13 +63,20 @@ def load_tokenizer(path: str | Path):
 
 
 def load_model_and_tokenizer(
-    path: str | Path, tokenizer_path: str | Path | None = None, dtype: torch.dtype = torch.float32
+    path: str | Path,
+    tokenizer_path: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+    quantize: str = "none",
+    device: torch.device | str | None = None,
 ):
     """A Hugging Face causal LM and its tokenizer, in float32 for training unless `dtype` says otherwise.
 
     The original always added a new `[PAD]` and resized the embeddings to `len(tokenizer)`, which *shrinks* the
     padded vocabularies of CodeGen (51200) and Qwen2 (152064). Here the embeddings only ever grow, and only when a pad
     token had to be added beyond the model's vocabulary.
+
+    `quantize="4bit"` (QLoRA) loads the linear layers as bitsandbytes NF4 with double quantization and bf16 compute,
+    everything else in bf16, straight onto `device` (a CUDA device: bitsandbytes quantizes while moving there).
     """
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -85,8 +92,23 @@ def load_model_and_tokenizer(
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ModelError(f"{path}: model type {config.model_type!r} is not a causal language model")
     tokenizer = load_tokenizer(tokenizer_path or path)
+    kwargs = {}
+    if quantize == "4bit":
+        from transformers import BitsAndBytesConfig
+
+        dtype = torch.bfloat16
+        kwargs["device_map"] = {"": torch.device(device) if device is not None else torch.device("cuda")}
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_quant_storage=torch.bfloat16,  # a float storage type lets FSDP shard the packed weights
+        )
+    elif quantize != "none":
+        raise ValueError(f"quantize: {quantize!r} is not one of none, 4bit")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelError(f"{path}: cannot load weights ({str(err).splitlines()[0]})") from None
     embeddings = model.get_input_embeddings().weight.shape[0]
@@ -108,7 +130,8 @@ def make_reference(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def full_state_dict(fabric, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The complete, unsharded state dict on CPU (gathered on every rank under FSDP; read locally otherwise)."""
+    """The complete, unsharded state dict on CPU (under sharded strategies gathered to rank 0 only, the other ranks
+    get an empty dict; read locally otherwise)."""
     module = getattr(model, "module", model)  # Fabric's wrapper -> the strategy's module
     if fabric.world_size == 1 or not torch.distributed.is_initialized():
         inner = getattr(module, "module", module)
@@ -120,17 +143,30 @@ def full_state_dict(fabric, model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def export_pretrained(fabric, model: torch.nn.Module, hf_model: torch.nn.Module, tokenizer, out: Path) -> None:
-    """Write `out` as a `save_pretrained` folder with the tokenizer, atomically: a reader never sees half a model."""
-    state = full_state_dict(fabric, model)
-    # A gathered sharded state dict holds tied weights as separate copies; save_pretrained would then write both.
-    for target, source in (getattr(hf_model, "all_tied_weights_keys", None) or {}).items():
-        if target in state and source in state and torch.equal(state[target], state[source]):
-            del state[target]
+    """Write `out` as a `save_pretrained` folder with the tokenizer, atomically: a reader never sees half a model.
+
+    With LoRA (`hf_model` a peft model) the folder holds the adapters merged into the weights, loadable without peft,
+    and `out/adapter/` the adapter alone (`fabricunlearn.lora`)."""
+    from fabricunlearn.lora import is_peft_model
+
+    state = full_state_dict(fabric, model)  # under sharded strategies only rank 0 receives it
     if fabric.global_rank == 0:
+        peft_model = hf_model if is_peft_model(hf_model) else None
+        if peft_model is not None:
+            from fabricunlearn.lora import adapter_state_dict, merged_export, save_adapter
+
+            adapter_state = adapter_state_dict(state)
+            hf_model, state = merged_export(peft_model, state)
+        # A gathered sharded state dict holds tied weights as separate copies; save_pretrained would write both.
+        for target, source in (getattr(hf_model, "all_tied_weights_keys", None) or {}).items():
+            if target in state and source in state and torch.equal(state[target], state[source]):
+                del state[target]
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         hf_model.save_pretrained(tmp, state_dict=state)
         tokenizer.save_pretrained(tmp)
+        if peft_model is not None:
+            save_adapter(peft_model, adapter_state, tmp / "adapter")
         old = out.with_name(out.name + ".old")
         if out.exists():
             shutil.rmtree(old, ignore_errors=True)

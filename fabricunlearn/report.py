@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from fabricunlearn.data.formats import write_json
+from fabricunlearn.data.formats import write_atomic, write_json
 
 _SECRET_KEYS = ("ma", "el3", "el5", "el10")
 
@@ -48,7 +48,7 @@ def finish_run(fabric, model, rd, run, state: dict, rule, out_dir: Path) -> Path
         write_json(out_dir / "evaluation.json", evaluation)
         rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
         plots = _plots(rows, before, after, ma_threshold, el_threshold, run.stop.el_n, out_dir)
-        (out_dir / "report.md").write_text(_markdown(run, evaluation, plots, out_dir))
+        write_atomic(out_dir / "report.md", _markdown(run, evaluation, plots, out_dir))
         print(_summary(evaluation, out_dir))  # also without a progress bar: logs of batch jobs want the verdict
     fabric.barrier()
     return out_dir

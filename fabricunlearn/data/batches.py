@@ -79,7 +79,8 @@ def collate(data: TokenizedSet, indices: list[int], pad_token_id: int) -> dict[s
         if data.secret_mask is not None:
             secret_mask[row, : len(ids)] = torch.tensor(data.secret_mask[i], dtype=torch.bool)
     labels = input_ids.masked_fill(attention_mask == 0, -100)
-    out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    # `index`: the documents' positions in `data`, for methods that keep per-document state (ICU)
+    out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "index": torch.tensor(indices)}
     if data.secret_mask is not None:
         out["secret_mask"] = secret_mask
     return out

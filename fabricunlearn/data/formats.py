@@ -114,9 +114,21 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]], private: bool 
         raise
 
 
-def write_json(path: str | Path, obj: Any) -> None:
+def write_atomic(path: str | Path, data: bytes | str, private: bool = False) -> None:
+    """Temp file in the same folder (a unique name: concurrent writers never share it) + rename: a reader sees the
+    old file or the new one, never half of one. `private`: owner-only permissions."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o600 if private else 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """Unlearning methods, by name. Importing this package registers every built-in method."""
 
-from fabricunlearn.methods import ascent, labels, npo, selective  # noqa: F401  (registers)
+from fabricunlearn.methods import ascent, icu, labels, npo, selective  # noqa: F401  (registers)
 from fabricunlearn.methods.base import Method
 from fabricunlearn.methods.registry import METHODS, register
 

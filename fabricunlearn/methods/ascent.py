@@ -7,7 +7,16 @@ from typing import ClassVar
 
 import torch
 
-from fabricunlearn.methods.base import Batch, Method, reference_kl_sum, target_mask, token_nll
+from fabricunlearn.methods.base import (
+    Batch,
+    KLReduction,
+    Method,
+    all_positions,
+    reference_cross_entropy,
+    reference_kl_sum,
+    target_mask,
+    token_nll,
+)
 from fabricunlearn.methods.registry import register
 
 
@@ -55,12 +64,16 @@ class GradientDifference(Method):
         """The retain term summed over the micro-batch's real tokens: NLL here."""
         return token_nll(policy, part).sum()
 
+    def retain_count(self, part: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the retain term is averaged over: its real target tokens."""
+        return target_mask(part).sum()
+
     def term_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
         counts = {}
         if "forget" in batch:
             counts["forget"] = target_mask(batch["forget"]).sum()
         if "retain" in batch:
-            counts[self.retain_term] = target_mask(batch["retain"]).sum()
+            counts[self.retain_term] = self.retain_count(batch["retain"])
         return counts
 
     def loss(self, policy, reference, batch, norm):
@@ -82,14 +95,28 @@ class AscentPlusKL(GradientDifference):
     `L = -mean_tokens NLL(forget) + retain_weight * mean_tokens KL(reference || policy)(retain)`.
 
     The original (`AscentPlusKLDivergenceTrainer`) computed the cross-entropy H(p_ref, q_θ) over every position,
-    padding included, without a mask: KL plus a constant, diluted by padding. Here: the KL itself, per real token.
-    `retain_weight` weighs the KL term.
+    padding included, without a mask: KL plus a constant, diluted by padding. Here: the KL itself, per real token
+    (`kl_reduction: original` computes the original's term). `retain_weight` weighs the KL term.
     """
 
     name = "ga_kl"
     needs_reference = True
     retain_term = "retain_kl"
+    kl_reduction: KLReduction = "token"
+    """`token`: KL(reference ‖ policy) per real token. `original`: the original's `−Σ_v p_ref log(p_θ + 1e-12)`
+    averaged over every position of the micro-batch, padding included."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kl_reduction not in ("token", "original"):
+            raise ValueError(f"kl_reduction must be token or original, got {self.kl_reduction!r}")
+
+    def retain_count(self, part):
+        return (all_positions(part) if self.kl_reduction == "original" else target_mask(part)).sum()
 
     def retain_sum(self, policy, reference, part):
-        kl_sum, _ = reference_kl_sum(policy, reference, part)
+        if self.kl_reduction == "original":
+            kl_sum, _ = reference_kl_sum(policy, reference, part, all_positions(part), reference_cross_entropy)
+        else:
+            kl_sum, _ = reference_kl_sum(policy, reference, part)
         return kl_sum

@@ -9,7 +9,7 @@ step, whatever the accumulation or the number of processes.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,11 @@ class Method:
     """Whether the method has a retain term (and so a retain phase in the two-phase schedule)."""
     needs_reference: ClassVar[bool] = False
     """Whether the method needs the frozen original model (KL terms)."""
+
+    @property
+    def needs_retain_data(self) -> bool:
+        """Whether the run must load `data.retain` (every method with a retain term; ICU for its neighbour pool)."""
+        return self.uses_retain
 
     @classmethod
     def validate_args(cls, args: dict[str, Any]) -> None:
@@ -48,6 +53,27 @@ class Method:
         """The name a term's per-token mean is logged under (`train/<name>`): a KL term by its own name, a
         likelihood term as `<term>_nll`."""
         return term if term.endswith("_kl") else f"{term}_nll"
+
+    # Hooks for methods that keep state across epochs (ICU); the defaults do nothing.
+    def prepare(self, fabric, rd) -> None:
+        """Once per run, before the first step (and on resume): precompute what the method needs from the data."""
+
+    def end_epoch(self, fabric, model, rd, epoch: int) -> dict[str, float]:
+        """After each epoch's training (and at epoch 0, before any): update the method's state; returns scalars to
+        log with the epoch's evaluation."""
+        return {}
+
+    @property
+    def done(self) -> str | None:
+        """Why training should stop now, from the method's own point of view (None: no reason)."""
+        return None
+
+    def state_dict(self) -> dict:
+        """The method's state to checkpoint (tensors and plain values)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()` on resume."""
 
     def loss(
         self, policy: torch.nn.Module, reference: torch.nn.Module | None, batch: Batch, norm: dict[str, float]
@@ -90,10 +116,39 @@ def kl_to_reference(policy_logits: torch.Tensor, reference_logits: torch.Tensor)
     return (log_q.exp() * (log_q - log_p)).sum(-1)
 
 
-def reference_kl_sum(policy, reference, part: dict[str, torch.Tensor], mask: torch.Tensor | None = None):
-    """(Σ over the masked positions of KL(reference ‖ policy), the policy's shifted logits); mask: real tokens."""
+KLReduction = Literal["token", "original"]
+"""`token`: KL(reference ‖ policy) in float32 log-space, averaged over the real tokens it covers. `original`: the
+reduction of the method's original code (each method says which), for comparisons with published numbers."""
+
+
+def codeeraser_kl(policy_logits: torch.Tensor, reference_logits: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """CodeEraser's KL per position `[B, T-1]`: `Σ_v (q_v+ε)(log(q_v+ε) − log(p_v+ε))` from float32 softmaxes
+    (`kl_div(log(p+ε), q+ε)`), the ε-smoothed KL(reference ‖ policy)."""
+    p = F.softmax(policy_logits.float(), dim=-1) + eps
+    q = F.softmax(reference_logits.float(), dim=-1) + eps
+    return (q * (q.log() - p.log())).sum(-1)
+
+
+def reference_cross_entropy(
+    policy_logits: torch.Tensor, reference_logits: torch.Tensor, eps: float = 1e-12
+) -> torch.Tensor:
+    """Yao et al.'s and ICU's retain term per position `[B, T-1]`: `−Σ_v p_ref,v · log(p_θ,v + ε)`, the cross-entropy
+    H(reference, policy) = KL(reference ‖ policy) + the reference's entropy (a constant for the policy)."""
+    q = F.softmax(reference_logits.float(), dim=-1)
+    return -(q * (F.softmax(policy_logits.float(), dim=-1) + eps).log()).sum(-1)
+
+
+def all_positions(part: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Every shifted position of the collated micro-batch, padding included `[B, T-1]` (the originals' unmasked
+    reductions)."""
+    return torch.ones_like(part["input_ids"][:, 1:], dtype=torch.bool)
+
+
+def reference_kl_sum(policy, reference, part: dict[str, torch.Tensor], mask=None, per_position=kl_to_reference):
+    """(Σ over the masked positions of `per_position(policy, reference)`, the policy's shifted logits). `mask`: real
+    target tokens by default; `per_position`: KL(reference ‖ policy) by default, or an original's variant."""
     logits = shifted_logits(policy, part)
     with torch.no_grad():
         ref = shifted_logits(reference, part)
     mask = target_mask(part) if mask is None else mask
-    return (kl_to_reference(logits, ref) * mask).sum(), logits
+    return (per_position(logits, ref) * mask).sum(), logits

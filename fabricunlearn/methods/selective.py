@@ -6,6 +6,10 @@ KL(reference ‖ policy) per target position, computed in float32 log-space (`ba
 over the real tokens they cover. The original's control KL summed over every position, padding included, and
 divided by the number of sequences, so its scale grew with the sequence length; here λ and α weigh per-token means
 (with the original's 128-token retain sequences, its λ corresponds to about λ × 127 here).
+`kl_reduction: original` computes the original's terms: the ε-smoothed KL (`base.codeeraser_kl`), summed over every
+position of the micro-batch and divided by its number of sequences for the control and CU's forget KL, averaged over
+the secret tokens for SSCU's. The original padded every document to 512 (forget) or 128 (retain) tokens, so its
+values are reproduced exactly for documents that fill `data.max_length` / `data.retain_max_length`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,18 @@ from dataclasses import dataclass
 
 import torch
 
-from fabricunlearn.methods.base import Batch, Method, reference_kl_sum, shifted_logits, target_mask, token_ce
+from fabricunlearn.methods.base import (
+    Batch,
+    KLReduction,
+    Method,
+    all_positions,
+    codeeraser_kl,
+    kl_to_reference,
+    reference_kl_sum,
+    shifted_logits,
+    target_mask,
+    token_ce,
+)
 from fabricunlearn.methods.registry import register
 
 
@@ -42,13 +57,29 @@ class _Controlled(Method):
     """λ (`control_lambda`): weight of the KL terms."""
     retain_kl_weight: float = 1.0
     """α (`control_alpha`): extra weight of the retain-side KL."""
+    kl_reduction: KLReduction = "token"
+    """`token`: KL(reference ‖ policy) per real token. `original`: CodeEraser's sum over all positions per sequence
+    (module docstring)."""
 
     def __post_init__(self) -> None:
         if self.kl_weight < 0 or self.retain_kl_weight < 0:
             raise ValueError("kl_weight and retain_kl_weight must be >= 0")
+        if self.kl_reduction not in ("token", "original"):
+            raise ValueError(f"kl_reduction must be token or original, got {self.kl_reduction!r}")
+
+    def _sequence_kl_count(self, part) -> torch.Tensor:
+        """What a whole-sequence KL term is averaged over: real tokens, or (original) sequences."""
+        if self.kl_reduction == "original":
+            return torch.tensor(part["input_ids"].shape[0])
+        return target_mask(part).sum()
+
+    def _sequence_kl_sum(self, policy, reference, part) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kl_reduction == "original":
+            return reference_kl_sum(policy, reference, part, all_positions(part), codeeraser_kl)
+        return reference_kl_sum(policy, reference, part)
 
     def _retain_kl(self, policy, reference, part, norm) -> tuple[torch.Tensor, torch.Tensor]:
-        kl_sum, _ = reference_kl_sum(policy, reference, part)
+        kl_sum, _ = self._sequence_kl_sum(policy, reference, part)
         return self.kl_weight * self.retain_kl_weight * kl_sum / norm["retain_kl"], kl_sum
 
 
@@ -62,16 +93,17 @@ class ControllableUnlearning(_Controlled):
     def term_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
         counts = {}
         if "forget" in batch:
-            counts["forget"] = counts["forget_kl"] = target_mask(batch["forget"]).sum()
+            counts["forget"] = target_mask(batch["forget"]).sum()
+            counts["forget_kl"] = self._sequence_kl_count(batch["forget"])
         if "retain" in batch:
-            counts["retain_kl"] = target_mask(batch["retain"]).sum()
+            counts["retain_kl"] = self._sequence_kl_count(batch["retain"])
         return counts
 
     def loss(self, policy, reference, batch, norm):
         loss, sums = torch.zeros((), device=next(iter(batch.values()))["input_ids"].device), {}
         if "forget" in batch:
             part = batch["forget"]
-            sums["forget_kl"], logits = reference_kl_sum(policy, reference, part)
+            sums["forget_kl"], logits = self._sequence_kl_sum(policy, reference, part)
             sums["forget"] = token_ce(logits, part).sum()
             loss = loss - sums["forget"] / norm["forget"] - self.kl_weight * sums["forget_kl"] / norm["forget_kl"]
         if "retain" in batch:
@@ -128,14 +160,15 @@ class SecretSelectiveCU(_Controlled):
             secret, real = _secret_mask(batch["forget"]), target_mask(batch["forget"])
             counts.update(secret=secret.sum(), context=(real & ~secret).sum(), secret_kl=secret.sum())
         if "retain" in batch:
-            counts["retain_kl"] = target_mask(batch["retain"]).sum()
+            counts["retain_kl"] = self._sequence_kl_count(batch["retain"])
         return counts
 
     def loss(self, policy, reference, batch, norm):
         loss, sums = torch.zeros((), device=next(iter(batch.values()))["input_ids"].device), {}
         if "forget" in batch:
             part = batch["forget"]
-            secret_kl, logits = reference_kl_sum(policy, reference, part, _secret_mask(part))
+            kl = codeeraser_kl if self.kl_reduction == "original" else kl_to_reference
+            secret_kl, logits = reference_kl_sum(policy, reference, part, _secret_mask(part), kl)
             selective, sums = _selective(logits, part, norm, self.context_weight)
             sums["secret_kl"] = secret_kl
             loss = loss + selective - self.kl_weight * sums["secret_kl"] / norm["secret_kl"]

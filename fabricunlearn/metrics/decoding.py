@@ -77,9 +77,12 @@ def _logits_kwargs(model: torch.nn.Module, keep: int) -> dict:
     from transformers import PreTrainedModel
 
     inner = model
-    for _ in range(4):  # Fabric's wrapper, DDP, ...
+    for _ in range(5):  # Fabric's wrapper, DDP, peft, ...
         if isinstance(inner, PreTrainedModel):
             return {"logits_to_keep": keep} if _forward_takes_logits_to_keep(type(inner)) else {}
+        if hasattr(inner, "get_base_model"):  # peft passes keyword arguments on to the base model's forward
+            inner = inner.get_base_model()
+            continue
         inner = getattr(inner, "module", None)
     return {}
 

@@ -72,7 +72,12 @@ def load_run_data(fabric, run, needs_retain: bool) -> RunData:
     from fabricunlearn.models import context_length, load_model_and_tokenizer
 
     data, ev = run.data, run.eval
-    model, tokenizer = load_model_and_tokenizer(resolve_model_path(run.model, data), run.model.tokenizer)
+    # QLoRA reads the weights once, as NF4 straight onto this rank's GPU
+    quantize = run.model.lora.quantize if run.model.lora.enabled else "none"
+    device = fabric.device if quantize != "none" else None
+    model, tokenizer = load_model_and_tokenizer(
+        resolve_model_path(run.model, data), run.model.tokenizer, quantize=quantize, device=device
+    )
     forget_path = data_path(data, data.forget)
     forget_rows = read_secret_rows(forget_path)
     if not forget_rows:

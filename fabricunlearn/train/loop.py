@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -171,7 +172,15 @@ def main(fabric, run: RunConfig) -> Path:
 
     fabric.seed_everything(run.train.seed, verbose=False)
     method = build_method(run.method.name, run.method.args)
-    rd = load_run_data(fabric, run, needs_retain=method.uses_retain)
+    lora = run.model.lora
+    if lora.enabled:
+        from fabricunlearn.lora import check_lora, prepare_lora_model
+
+        check_lora(fabric, lora)  # QLoRA without CUDA or bitsandbytes fails here, before any weights are read
+    rd = load_run_data(fabric, run, needs_retain=method.needs_retain_data)
+    if lora.enabled:  # adapters go on before Fabric sets the model up: only they train
+        rd.model = prepare_lora_model(fabric, run, rd.model)
+    method.prepare(fabric, rd)
     ma_threshold, el_threshold = run.stop.resolve(rd.world_dir)
     # Only now, with every input checked, does the run directory appear.
     out_dir = _resolve_out_dir(fabric, run)
@@ -180,11 +189,15 @@ def main(fabric, run: RunConfig) -> Path:
     if fabric.global_rank == 0:
         (out_dir / "hyperparameters.yaml").write_text(yaml.safe_dump(run.dump(), sort_keys=False))
     reference = None
-    if method.needs_reference:
+    if method.needs_reference and not lora.enabled:
         from fabricunlearn.models import make_reference
 
         reference = fabric.to_device(make_reference(rd.model))
     model, optimizer = _setup_model_and_optimizer(fabric, run.train, rd.model)
+    if method.needs_reference and lora.enabled:  # the same model with its adapters off: no second copy
+        from fabricunlearn.lora import AdapterDisabledReference
+
+        reference = AdapterDisabledReference(model, rd.model)
     scheduler = _scheduler(run, optimizer, rd, method, fabric.world_size)
     rule = StoppingRule(ma_threshold, el_threshold, run.stop.el_n, run.stop.margin, run.stop.patience)
     state = {
@@ -197,6 +210,7 @@ def main(fabric, run: RunConfig) -> Path:
         "before": None,
         "best": None,
         "seconds": 0.0,
+        "method": method.state_dict(),
     }
 
     ckpt = existing_checkpoint(out_dir / "checkpoints" / "last.ckpt")
@@ -206,11 +220,13 @@ def main(fabric, run: RunConfig) -> Path:
     if run.resume and ckpt is not None:
         fabric.load(ckpt, state)
         rule.load_state_dict(state["stopping"])
+        method.load_state_dict(state["method"])
         records.metrics.truncate_after(state["epoch"])
         fabric.print(f"Resumed from {ckpt} at epoch {state['epoch']} (step {state['step']}).")
     else:
         records.metrics.truncate_after(-1)
         state["before"] = validate(fabric, model, rd, run, epoch=0, with_el=True, full=True)
+        state["before"].update(method.end_epoch(fabric, model, rd, 0))
         records.log_eval(state["before"], step=0)
 
     fit(fabric, model, optimizer, scheduler, method, reference, rd, run, state, rule, records, out_dir)
@@ -258,6 +274,10 @@ def fit(fabric, model, optimizer, scheduler, method, reference, rd: RunData, run
         mininterval=0.5,
     )
     ckpt_path = out_dir / "checkpoints" / "last.ckpt"
+
+    def snapshot() -> dict:
+        return state | {"stopping": rule.state_dict(), "method": method.state_dict()}
+
     while rule.stop_reason is None and state["epoch"] < run.stop.max_epochs:
         epoch_started = time.perf_counter()
         epoch = state["epoch"] + 1
@@ -282,17 +302,22 @@ def fit(fabric, model, optimizer, scheduler, method, reference, rd: RunData, run
                     f"epoch {epoch} step {state['step'] + 1}: loss {logs['train/loss']}, grad norm "
                     f"{logs['train/grad_norm']}; stopped without updating; the last good checkpoint is {ckpt_path}"
                 )
-            scheduler.step()
+            with warnings.catch_warnings():  # a skipped step (nothing to learn from) still advances the schedule
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+                scheduler.step()
             state["step"] += 1
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{logs['train/loss']:.3f}")
             if state["step"] % run.log.every_n_steps == 0:
                 fabric.log_dict(logs, step=state["step"])
             if tr.save_every_steps and state["step"] % tr.save_every_steps == 0 and k + 1 < len(plan):
-                save_checkpoint(fabric, ckpt_path, state | {"stopping": rule.state_dict()})
+                save_checkpoint(fabric, ckpt_path, snapshot())
         row = validate(fabric, model, rd, run, epoch=epoch, with_el=rule.needs_el, full=False)
+        row.update(method.end_epoch(fabric, model, rd, epoch))
         el = row.get(f"forget/el{run.stop.el_n}")
         improved = rule.update(epoch, row["forget/ma"], el)
+        if rule.stop_reason is None and method.done:
+            rule.stop_reason = method.done
         row.update({"step": state["step"], "best_epoch": rule.best_epoch, "el_gate_open": rule.el_gate_open})
         if improved:
             export_pretrained(fabric, model, rd.model, rd.tokenizer, out_dir / "final")
@@ -302,7 +327,7 @@ def fit(fabric, model, optimizer, scheduler, method, reference, rd: RunData, run
         bar.set_postfix(epoch=epoch, ma=f"{row['forget/ma']:.3f}", best=rule.best_epoch)
         state["epoch"] = epoch
         state["seconds"] += time.perf_counter() - epoch_started  # training + per-epoch evaluation, across resumes
-        save_checkpoint(fabric, ckpt_path, state | {"stopping": rule.state_dict()})
+        save_checkpoint(fabric, ckpt_path, snapshot())
     bar.close()
     if rule.stop_reason is None:
         rule.stop_reason = f"reached stop.max_epochs = {run.stop.max_epochs} without meeting the thresholds"

@@ -75,7 +75,9 @@ def train_step(fabric, model, optimizer, method, reference, rd: RunData, run, st
                 sums[t] = sums.get(t, torch.zeros((), device=fabric.device)) + v
     grad_norm = _grad_norm(fabric, model, optimizer, tr.clip_grad_norm)
     loss_value = fabric.all_reduce(total_loss, reduce_op="sum") if world > 1 else total_loss
-    if math.isfinite(loss_value.item()) and math.isfinite(float(grad_norm)):
+    # A step with nothing to learn from (ICU with every document of the step forgotten) must not move the weights:
+    # Adam's momentum would, even with zero gradients.
+    if math.isfinite(loss_value.item()) and math.isfinite(float(grad_norm)) and any(counts.values()):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     elapsed = time.perf_counter() - started

@@ -97,6 +97,44 @@ def test_loss_equals_the_objective_written_out(models, batch, name, args):
         assert loss.detach().item() == pytest.approx(float(expected), rel=1e-5, abs=1e-6), (name, list(part))
 
 
+@torch.no_grad()
+def _original_terms(policy, reference, part, secret_only=False):
+    """The originals' KL terms as their code computes them, on the collated micro-batch (padding included)."""
+    p_logits = policy(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits[:, :-1].float()
+    q_logits = reference(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits[:, :-1].float()
+    p, q = torch.softmax(p_logits, -1), torch.softmax(q_logits, -1)
+    if secret_only:  # SSCU's KL_tok: logits restricted to the secret positions, then batchmean over them
+        m = part["secret_mask"][:, 1:]
+        p, q = p[m], q[m]
+    codeeraser = torch.nn.functional.kl_div(torch.log(p + 1e-10), q + 1e-10, reduction="batchmean")
+    yao = -(q * torch.log(p + 1e-12)).sum(-1).mean()
+    return codeeraser, yao
+
+
+@pytest.mark.parametrize("name", ["cu", "sscu", "ga_kl"])
+def test_original_kl_reduction_reproduces_the_original_terms(models, batch, name):
+    policy, reference = models
+    lam, alpha = 0.3, 2.0
+    args = {"kl_reduction": "original"} | ({"retain_weight": alpha} if name == "ga_kl" else {})
+    if name != "ga_kl":
+        args |= {"kl_weight": lam, "retain_kl_weight": alpha}
+    method = build_method(name, args)
+    retain_codeeraser, retain_yao = _original_terms(policy, reference, batch["retain"])
+    part = {"retain": batch["retain"]}
+    norm = {k: float(v) for k, v in method.term_counts(part).items()}
+    loss, _ = method.loss(policy, reference, part, norm)
+    expected = alpha * retain_yao if name == "ga_kl" else lam * alpha * retain_codeeraser
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    if name == "ga_kl":
+        return
+    part = {"forget": batch["forget"]}
+    norm = {k: float(v) for k, v in method.term_counts(part).items()}
+    _, sums = method.loss(policy, reference, part, norm)
+    kl_term = "forget_kl" if name == "cu" else "secret_kl"
+    forget_kl, _ = _original_terms(policy, reference, batch["forget"], secret_only=name == "sscu")
+    assert (sums[kl_term] / norm[kl_term]).item() == pytest.approx(forget_kl.item(), rel=1e-5)
+
+
 def test_kl_is_zero_against_itself_and_positive_otherwise(models, batch):
     from fabricunlearn.methods.base import kl_to_reference
     from fabricunlearn.methods.base import shifted_logits as _logits

@@ -62,7 +62,18 @@ def test_run_writes_the_run_directory(tiny_world, tmp_path):
     assert torch.equal(best.state_dict()["transformer.h.1.mlp.c_fc.weight"], ckpt["transformer.h.1.mlp.c_fc.weight"])
     # the reference model never enters a checkpoint: one model, one optimizer, counters
     state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
-    assert set(state) == {"model", "optimizer", "scheduler", "epoch", "step", "stopping", "before", "best", "seconds"}
+    assert set(state) == {
+        "model",
+        "optimizer",
+        "scheduler",
+        "epoch",
+        "step",
+        "stopping",
+        "before",
+        "best",
+        "seconds",
+        "method",
+    }
 
 
 def test_hyperparameters_yaml_reruns_the_same_run(tiny_world, tmp_path):
