@@ -12,6 +12,7 @@ the weights). Neighbours and the test: `fabricunlearn.methods.icu_support`.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -102,7 +103,7 @@ class ICU(Method):
         prompts = [forget.input_ids[i][a:k] or [start_token] for i, (a, k, _) in enumerate(spans)]
         references = [forget.input_ids[i][k:e] for i, (_, k, e) in enumerate(spans)]
         module = eval_module(fabric, model)
-        with fabric.autocast():
+        with fabric.autocast() if module is not model else nullcontext():  # as the evaluation runs it
             generated = greedy_continuations(
                 module,
                 prompts,

@@ -1,5 +1,5 @@
-"""GA+KL, CU, SSGA and SSCU losses on a hand-built two-sequence batch, against the same objectives written out per
-position with torch.distributions (an independent KL) and plain loops."""
+"""GA, GD, GA+KL, CU, SSGA and SSCU losses on a hand-built two-sequence batch, against the same objectives written
+out per position with torch.distributions (an independent KL) and plain loops."""
 
 from __future__ import annotations
 
@@ -66,6 +66,10 @@ def _expected(name, args, policy, reference, batch):
     ce = lambda p: -p[0][p[2]]  # noqa: E731
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     retain_kl = lam * alpha * mean([_kl(p[1], r[1]) for p, r in zip(r_pol, r_ref)])
+    if name == "ga":
+        return -mean([ce(p) for p in f_pol]), None
+    if name == "gd":
+        return -mean([ce(p) for p in f_pol]), args.get("retain_weight", 1.0) * mean([ce(p) for p in r_pol])
     if name == "ga_kl":
         w = args.get("retain_weight", 1.0)
         return -mean([ce(p) for p in f_pol]), w * mean([_kl(p[1], r[1]) for p, r in zip(r_pol, r_ref)])
@@ -80,7 +84,8 @@ def _expected(name, args, policy, reference, batch):
 
 @pytest.mark.parametrize(
     ("name", "args"),
-    [("ssga", {}), ("ssga", {"context_weight": 0.5}), ("cu", {}), ("cu", {"kl_weight": 0.7, "retain_kl_weight": 2.0}),
+    [("ga", {}), ("gd", {}), ("gd", {"retain_weight": 0.3}),
+     ("ssga", {}), ("ssga", {"context_weight": 0.5}), ("cu", {}), ("cu", {"kl_weight": 0.7, "retain_kl_weight": 2.0}),
      ("sscu", {}), ("sscu", {"kl_weight": 0.3, "retain_kl_weight": 0.5, "context_weight": 0.2}),
      ("ga_kl", {}), ("ga_kl", {"retain_weight": 2.0})],
 )  # fmt: skip
