@@ -100,6 +100,34 @@ def test_two_processes_equal_one(tiny_world, tmp_path, n_forget):
 
 
 @pytest.mark.slow
+def test_two_processes_equal_one_for_icu(tiny_world, tmp_path):
+    """ICU carries per-document state (neighbours, active flags) and a reference model: 2 DDP processes still reach
+    the weights of 1, and log the same forgotten-test results."""
+    import json
+
+    args = json.dumps({"f1_threshold": 0.0, "bleu_threshold": 0.0, "kl_weight": 2.0})  # every document active
+    common = {
+        **SGD,
+        "method.name": "icu",
+        "method.args": args,
+        "train.schedule": "interleaved",
+        "train.micro_batch_size": 2,
+        "train.shuffle": "false",
+        "stop.max_epochs": 2,
+    }
+    _run_subprocess(tiny_recipe(tiny_world, tmp_path / "one", **common, **{"train.accumulate": 2}))
+    _run_subprocess(tiny_recipe(tiny_world, tmp_path / "two", **common, devices=2, strategy="ddp"))
+    one, two = _last_weights(tmp_path / "one"), _last_weights(tmp_path / "two")
+    _assert_moved(one, tiny_world)
+    _assert_same_weights(one, two)
+    rows = [
+        [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        for name in ("one", "two")
+    ]
+    assert [r["icu/f1"] for r in rows[0]] == pytest.approx([r["icu/f1"] for r in rows[1]], abs=1e-6)
+
+
+@pytest.mark.slow
 def test_fabric_run_launches_the_script(tiny_world, tmp_path):
     """`fabric run fabricunlearn/run.py ...` (torchrun underneath) trains like `fabricunlearn run` with 2 processes."""
     import yaml
