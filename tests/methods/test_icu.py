@@ -12,22 +12,8 @@ from torch.distributions import Categorical, kl_divergence
 
 from fabricunlearn.data.batches import TokenizedSet, collate
 from fabricunlearn.methods import build_method, icu_support
-from fabricunlearn.toy.pretrain import toy_gpt2
 
 PAD = 0
-
-
-@pytest.fixture(scope="module")
-def models():
-    torch.manual_seed(0)
-    policy = toy_gpt2(
-        50, n_positions=32, n_embd=16, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2, pad_token_id=0
-    )
-    reference = copy.deepcopy(policy)
-    with torch.no_grad():
-        for p in reference.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return policy.eval(), reference.eval()
 
 
 def _per_position(model, ids):

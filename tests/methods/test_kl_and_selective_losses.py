@@ -3,30 +3,14 @@ out per position with torch.distributions (an independent KL) and plain loops.""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch.distributions import Categorical, kl_divergence
 
 from fabricunlearn.data.batches import TokenizedSet, collate
 from fabricunlearn.methods import build_method
-from fabricunlearn.toy.pretrain import toy_gpt2
 
 PAD = 0
-
-
-@pytest.fixture(scope="module")
-def models():
-    torch.manual_seed(0)
-    policy = toy_gpt2(
-        50, n_positions=32, n_embd=16, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2, pad_token_id=0
-    )
-    reference = copy.deepcopy(policy)
-    with torch.no_grad():
-        for p in reference.parameters():
-            p.add_(0.3 * torch.randn_like(p))  # a different model, so that every KL is far from 0
-    return policy.eval(), reference.eval()
 
 
 @pytest.fixture(scope="module")

@@ -3,29 +3,13 @@ best wrong guess (checked position by position), the loss a plain descent toward
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 from fabricunlearn.data.batches import TokenizedSet, collate
 from fabricunlearn.methods import build_method
-from fabricunlearn.toy.pretrain import toy_gpt2
 
 DOCS = [[5, 9, 11, 12, 13, 7, 8], [6, 14, 15, 3], [20, 21, 22, 23, 24]]
-
-
-@pytest.fixture(scope="module")
-def models():
-    torch.manual_seed(1)
-    reference = toy_gpt2(
-        50, n_positions=32, n_embd=16, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2, pad_token_id=0
-    )
-    policy = copy.deepcopy(reference)
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return policy.eval(), reference.eval()
 
 
 def _batch(indices):
