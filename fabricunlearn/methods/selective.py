@@ -78,9 +78,27 @@ class _Controlled(Method):
             return reference_kl_sum(policy, reference, part, all_positions(part), codeeraser_kl)
         return reference_kl_sum(policy, reference, part)
 
-    def _retain_kl(self, policy, reference, part, norm) -> tuple[torch.Tensor, torch.Tensor]:
-        kl_sum, _ = self._sequence_kl_sum(policy, reference, part)
-        return self.kl_weight * self.retain_kl_weight * kl_sum / norm["retain_kl"], kl_sum
+    def forget_counts(self, part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError  # the forget phase is what CU and SSCU differ in
+
+    def forget_loss(self, policy, reference, part, norm) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def term_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
+        counts = self.forget_counts(batch["forget"]) if "forget" in batch else {}
+        if "retain" in batch:
+            counts["retain_kl"] = self._sequence_kl_count(batch["retain"])
+        return counts
+
+    def loss(self, policy, reference, batch, norm):
+        loss, sums = torch.zeros((), device=next(iter(batch.values()))["input_ids"].device), {}
+        if "forget" in batch:
+            loss, sums = self.forget_loss(policy, reference, batch["forget"], norm)
+        if "retain" in batch:
+            kl_sum, _ = self._sequence_kl_sum(policy, reference, batch["retain"])
+            sums["retain_kl"] = kl_sum
+            loss = loss + self.kl_weight * self.retain_kl_weight * kl_sum / norm["retain_kl"]
+        return loss, {k: v.detach() for k, v in sums.items()}
 
 
 @register
@@ -90,26 +108,14 @@ class ControllableUnlearning(_Controlled):
 
     name = "cu"
 
-    def term_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
-        counts = {}
-        if "forget" in batch:
-            counts["forget"] = target_mask(batch["forget"]).sum()
-            counts["forget_kl"] = self._sequence_kl_count(batch["forget"])
-        if "retain" in batch:
-            counts["retain_kl"] = self._sequence_kl_count(batch["retain"])
-        return counts
+    def forget_counts(self, part):
+        return {"forget": target_mask(part).sum(), "forget_kl": self._sequence_kl_count(part)}
 
-    def loss(self, policy, reference, batch, norm):
-        loss, sums = torch.zeros((), device=next(iter(batch.values()))["input_ids"].device), {}
-        if "forget" in batch:
-            part = batch["forget"]
-            sums["forget_kl"], logits = self._sequence_kl_sum(policy, reference, part)
-            sums["forget"] = token_ce(logits, part).sum()
-            loss = loss - sums["forget"] / norm["forget"] - self.kl_weight * sums["forget_kl"] / norm["forget_kl"]
-        if "retain" in batch:
-            term, sums["retain_kl"] = self._retain_kl(policy, reference, batch["retain"], norm)
-            loss = loss + term
-        return loss, {k: v.detach() for k, v in sums.items()}
+    def forget_loss(self, policy, reference, part, norm):
+        sums = {}
+        sums["forget_kl"], logits = self._sequence_kl_sum(policy, reference, part)
+        sums["forget"] = token_ce(logits, part).sum()
+        return -sums["forget"] / norm["forget"] - self.kl_weight * sums["forget_kl"] / norm["forget_kl"], sums
 
 
 @register
@@ -154,25 +160,13 @@ class SecretSelectiveCU(_Controlled):
         if self.context_weight < 0:
             raise ValueError(f"context_weight must be >= 0, got {self.context_weight}")
 
-    def term_counts(self, batch: Batch) -> dict[str, torch.Tensor]:
-        counts = {}
-        if "forget" in batch:
-            secret, real = _secret_mask(batch["forget"]), target_mask(batch["forget"])
-            counts.update(secret=secret.sum(), context=(real & ~secret).sum(), secret_kl=secret.sum())
-        if "retain" in batch:
-            counts["retain_kl"] = self._sequence_kl_count(batch["retain"])
-        return counts
+    def forget_counts(self, part):
+        secret, real = _secret_mask(part), target_mask(part)
+        return {"secret": secret.sum(), "context": (real & ~secret).sum(), "secret_kl": secret.sum()}
 
-    def loss(self, policy, reference, batch, norm):
-        loss, sums = torch.zeros((), device=next(iter(batch.values()))["input_ids"].device), {}
-        if "forget" in batch:
-            part = batch["forget"]
-            kl = codeeraser_kl if self.kl_reduction == "original" else kl_to_reference
-            secret_kl, logits = reference_kl_sum(policy, reference, part, _secret_mask(part), kl)
-            selective, sums = _selective(logits, part, norm, self.context_weight)
-            sums["secret_kl"] = secret_kl
-            loss = loss + selective - self.kl_weight * sums["secret_kl"] / norm["secret_kl"]
-        if "retain" in batch:
-            term, sums["retain_kl"] = self._retain_kl(policy, reference, batch["retain"], norm)
-            loss = loss + term
-        return loss, {k: v.detach() for k, v in sums.items()}
+    def forget_loss(self, policy, reference, part, norm):
+        kl = codeeraser_kl if self.kl_reduction == "original" else kl_to_reference
+        secret_kl, logits = reference_kl_sum(policy, reference, part, _secret_mask(part), kl)
+        selective, sums = _selective(logits, part, norm, self.context_weight)
+        sums["secret_kl"] = secret_kl
+        return selective - self.kl_weight * secret_kl / norm["secret_kl"], sums
