@@ -55,6 +55,27 @@ def test_loss_equals_the_objective_over_active_documents(models, args):
     assert loss.item() == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_original_kl_is_the_cross_entropy_over_every_position(models):
+    """`kl_reduction: original`: ICU's `−Σ_v p_0 log(q_θ + 1e-12)` averaged over every position of the active
+    neighbour rows, padding included (on the collated micro-batch, as the loop feeds it)."""
+    policy, reference = models
+    pool = TokenizedSet([[4, 5, 6, 7, 8, 9, 10], [9, 10, 11], [12, 13, 14, 15]])
+    forget = TokenizedSet([[5, 9, 11, 12], [6, 14, 15, 3], [8, 8, 9, 10]], [[False] * 4] * 3)
+    method = build_method("icu", {"kl_reduction": "original", "forget_weight": 0.0, "neighbour_weight": 0.0})
+    method.neighbour, method._pool, method._pad = [1, 0, 2], pool, PAD
+    method.active = torch.tensor([True, False, True])
+    part = {"forget": collate(forget, [0, 1, 2], PAD)}
+    norm = {k: float(v) for k, v in method.term_counts(part).items()}
+    loss, _ = method.loss(policy, reference, part, norm)
+
+    nb = collate(pool, [1, 0, 2], PAD)  # padded to the longest neighbour, the inactive row's included
+    with torch.no_grad():
+        p = torch.softmax(policy(input_ids=nb["input_ids"], attention_mask=nb["attention_mask"]).logits[:, :-1], -1)
+        q = torch.softmax(reference(input_ids=nb["input_ids"], attention_mask=nb["attention_mask"]).logits[:, :-1], -1)
+    expected = -(q[[0, 2]] * torch.log(p[[0, 2]] + 1e-12)).sum(-1).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_tfidf_neighbours_share_the_code():
     pool = [
         "def parse_header(line):\n    return line.split(':')",
