@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -303,7 +304,7 @@ def fit(fabric, model, optimizer, scheduler, method, reference, rd: RunData, run
                     f"{logs['train/grad_norm']}; stopped without updating; the last good checkpoint is {ckpt_path}"
                 )
             with warnings.catch_warnings():  # a skipped step (nothing to learn from) still advances the schedule
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
                 scheduler.step()
             state["step"] += 1
             bar.update(1)
