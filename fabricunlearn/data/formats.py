@@ -6,8 +6,9 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 class DataError(ValueError):
@@ -98,36 +99,35 @@ def check_secret_row(path: str | Path, row: dict[str, Any]) -> None:
             raise DataError(f"{path}: doc {row['doc_id']!r} secret {j}: text[{start}:{end}] is not its value")
 
 
-def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]], private: bool = False) -> None:
-    """Write rows atomically (temp file + rename). `private`: owner-only permissions, for files holding secrets."""
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "w", private: bool = False) -> Iterator[IO]:
+    """A file object whose contents replace `path` only when the block ends without an error: written to a temp file
+    in the same folder (a unique name, so concurrent writers never share it), then renamed, so a reader sees the old
+    file or the new one, never half of one. `private`: owner-only permissions, for files holding secrets."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
         os.chmod(tmp, 0o600 if private else 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]], private: bool = False) -> None:
+    """Write rows atomically (`atomic_file`). `private`: owner-only permissions, for files holding secrets."""
+    with atomic_file(path, "w", private) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def write_atomic(path: str | Path, data: bytes | str, private: bool = False) -> None:
-    """Temp file in the same folder (a unique name: concurrent writers never share it) + rename: a reader sees the
-    old file or the new one, never half of one. `private`: owner-only permissions."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o600 if private else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `data` atomically (`atomic_file`)."""
+    with atomic_file(path, "wb", private) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
