@@ -5,6 +5,7 @@
     fabricunlearn probe --model M --data F --output O   score every secret of a scan file (MA, EL_n)
     fabricunlearn thresholds --model M [--data F]       memorization thresholds from unseen code
     fabricunlearn build-sets --model M --data P --corpus C --out_dir D   forget / kept / retain / unseen sets
+    fabricunlearn evaluate --model M (--recipe R | --forget F ...)   MA/EL, perplexity, MIA, HumanEval
     fabricunlearn compare RUN_DIR [RUN_DIR ...]        one table (and plot) of finished runs
     fabricunlearn toy build code_secrets [--out_dir D]  build (or find cached) a toy world
 
@@ -52,7 +53,7 @@ def toy_build(
     )
 
 
-def _run_parser():
+def run_parser():
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     from fabricunlearn.train.loop import setup
@@ -76,11 +77,11 @@ def run(argv: list[str]) -> Path:
         argv = ["--config", recipe, *argv[1:]]
     else:
         recipe = None
-    parser = _run_parser()
+    parser = run_parser()
     try:
         cfg = parser.parse_args(argv)
     except ArgumentError as err:
-        raise ValueError(f"recipe{' ' + recipe if recipe else ''}: {_one_line(str(err))}") from None
+        raise ValueError(f"recipe{' ' + recipe if recipe else ''}: {one_line(str(err))}") from None
     if cfg.get("name") is None and recipe is not None:
         cfg.name = Path(recipe).stem
     cfg.pop("config", None)
@@ -97,6 +98,7 @@ def _command(name: str):
         "thresholds": "thresholds",
         "build-sets": "build_sets",
         "compare": "compare",
+        "evaluate": "evaluate",
     }[name]
     return getattr(import_module(f"fabricunlearn.commands.{module}"), module)
 
@@ -120,12 +122,12 @@ def _first_paragraph(doc: str | None) -> str:
     return (doc or "").strip().split("\n\n")[0]
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return " ".join(lines[:3])
 
 
-USAGE = """usage: fabricunlearn {run,scan,probe,thresholds,build-sets,compare,toy} ...
+USAGE = """usage: fabricunlearn {run,scan,probe,thresholds,build-sets,evaluate,compare,toy} ...
 
 Find and erase memorized secrets (keys, tokens, emails, IPs) in code language models.
 
@@ -138,12 +140,16 @@ commands:
                                  memorization thresholds from unseen code (HumanEval by default)
   build-sets --model M --data PROBED --corpus C --out_dir D
                                  forget / kept / retain / unseen sets from probed rows       (build-sets --help)
+  evaluate --model M (--recipe R | --forget F --retain R --unseen U)
+                                 forget / retain MA and EL_n, perplexity, membership inference and HumanEval
+                                 pass@k of any model, as evaluation.json                  (evaluate --help)
   compare RUN_DIR [RUN_DIR ...]  forgetting, kept MA and perplexity of finished runs, side by side (compare --help)
   toy build WORLD                build, or reuse, a toy world for CPU runs        (fabricunlearn toy build --help)
 
 examples:
   fabricunlearn run recipes/toy_code/gd.yaml --train.lr 1e-4
   fabricunlearn probe --model M --data secrets.jsonl --output probed.jsonl --metrics ma,el3,el5,el10
+  fabricunlearn evaluate --model runs/gd/version_0/final --recipe runs/gd/version_0/hyperparameters.yaml
 """
 
 
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
-    if argv[0] not in ("run", "scan", "probe", "thresholds", "build-sets", "compare", "toy"):
+    if argv[0] not in ("run", "scan", "probe", "thresholds", "build-sets", "evaluate", "compare", "toy"):
         print(f"fabricunlearn: error: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

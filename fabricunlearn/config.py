@@ -169,6 +169,38 @@ class TrainArgs:
 
 
 @dataclass
+class HumanEvalArgs:
+    """HumanEval pass@k as CodeEraser measured it (bigcode-evaluation-harness: n = 50, temperature 0.2, top-p 0.95,
+    512 tokens of prompt and completion); see docs/evaluation.md."""
+
+    samples: int = 50
+    """Completions sampled per problem; 0 skips HumanEval. pass@k is reported for k = 1, 5, 10 up to `samples`."""
+    limit: int | None = None
+    """Only the first this many of the 164 problems (for quick checks: pass@k then covers only those)."""
+    temperature: float = 0.2
+    top_p: float = 0.95
+    max_length: int = 512
+    """Prompt plus completion tokens (capped at the model's context)."""
+    batch_size: int = 50
+    """Completions generated together (one KV-cached `generate` call)."""
+    timeout: float = 3.0
+    """Seconds a completion's tests may run in their child process."""
+    workers: int = 4
+    """Child processes executing completions at once."""
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _require(self.samples >= 0, "humaneval.samples", f"must be >= 0, got {self.samples}")
+        _require(self.limit is None or self.limit >= 1, "humaneval.limit", f"must be >= 1, got {self.limit}")
+        _require(self.temperature > 0, "humaneval.temperature", f"must be > 0, got {self.temperature}")
+        _require(0 < self.top_p <= 1, "humaneval.top_p", f"must be in (0, 1], got {self.top_p}")
+        _require(self.max_length >= 2, "humaneval.max_length", f"must be >= 2, got {self.max_length}")
+        _require(self.batch_size >= 1, "humaneval.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.timeout > 0, "humaneval.timeout", f"must be > 0, got {self.timeout}")
+        _require(self.workers >= 1, "humaneval.workers", f"must be >= 1, got {self.workers}")
+
+
+@dataclass
 class EvalArgs:
     batch_size: int = 64
     """Secrets (or documents) per evaluation forward pass."""
@@ -185,6 +217,15 @@ class EvalArgs:
     unweighted mean of per-batch means over ranks (docs/metrics.md)."""
     aggregate_batch_docs: int = 8
     """Documents per batch and rank for `batch_means` (the original's eval batch size); ranks: this run's."""
+    retain_every_epoch: bool = True
+    """Also measure the retain set's sequence-level MA after every epoch."""
+    retain_el: bool = True
+    """Measure the retain set's EL_n before and after. Text the model does not reproduce is decoded from every
+    offset (about T²/2 decoding steps per document): turn it off for large retain sets."""
+    mia_k: float = 0.2
+    """The fraction k of Min-K% and Min-K%++ (membership inference of the forget set against the unseen set)."""
+    humaneval: HumanEvalArgs = field(default_factory=lambda: HumanEvalArgs(samples=0))
+    """HumanEval on the final model (off in a run by default: `samples: 0`; `fabricunlearn evaluate` runs it)."""
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {self.batch_size}")
@@ -192,6 +233,7 @@ class EvalArgs:
         _require(self.max_prefix_tokens >= 1, "eval.max_prefix_tokens", "must be >= 1")
         _require(all(n >= 1 for n in self.el_ns), "eval.el_ns", f"every n must be >= 1, got {self.el_ns}")
         _require(self.aggregate_batch_docs >= 1, "eval.aggregate_batch_docs", "must be >= 1")
+        _require(0 < self.mia_k <= 1, "eval.mia_k", f"must be in (0, 1], got {self.mia_k}")
 
 
 @dataclass

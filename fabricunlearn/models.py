@@ -39,6 +39,9 @@ def context_length(model: torch.nn.Module) -> int | None:
     return None
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
+
+
 def load_tokenizer(path: str | Path):
     """The folder's tokenizer with a pad token. Uses the tokenizer's own pad token where it has one; otherwise adds
     `[PAD]` (the caller must then grow the embeddings, see `load_model_and_tokenizer`)."""
@@ -48,10 +51,19 @@ def load_tokenizer(path: str | Path):
     path = Path(path)
     if not path.is_dir():
         raise ModelError(f"{path}: not a folder")
+    # Without these, transformers builds an empty tokenizer from config.json alone instead of failing
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelError(
+            f"{path}: no tokenizer in this folder (none of {', '.join(_TOKENIZER_FILES)}); give the tokenizer's "
+            "folder (--tokenizer, or model.tokenizer in a recipe)"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
-        raise ModelError(f"{path}: no usable tokenizer ({str(err).splitlines()[0]})") from None
+        raise ModelError(
+            f"{path}: no usable tokenizer ({str(err).splitlines()[0]}); give the tokenizer's folder "
+            "(--tokenizer, or model.tokenizer in a recipe)"
+        ) from None
     if tokenizer.bos_token_id is None and tokenizer.eos_token_id is None:
         raise ModelError(
             f"{path}: the tokenizer has neither a BOS nor an EOS token (a secret at offset 0 is scored "

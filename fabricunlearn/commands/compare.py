@@ -32,6 +32,8 @@ COLUMNS = {
     "ppl_before": "unseen-set perplexity before",
     "ppl_after": "unseen-set perplexity after",
     "ppl_ratio": "unseen-set perplexity after / before (1 = unchanged)",
+    "mia_auc": "membership-inference AUC (loss) of the forget set against unseen code, after (0.5: no trace)",
+    "pass@1": "HumanEval pass@1 after (when the run measured it)",
     "ma_threshold": "the MA threshold the run was judged by",
     "best_epoch": "epoch of the evaluated (final/) model",
     "steps": "optimizer steps",
@@ -54,8 +56,9 @@ def compare(runs: list[Path], out_dir: Path | None = None, sort: str = "run") ->
             (forget MA after against kept MA after, one point per run, with the MA threshold; perplexity change).
         sort: Column to sort by, ascending, missing values last: run, method, args, lr, forget_ma, forget_el10,
             forgotten, kept_ma_before, kept_ma_after, kept_ma_change, retain_ma_change, ppl_before, ppl_after,
-            ppl_ratio, ma_threshold, best_epoch, steps, seconds. "kept" = memorized secrets outside the forget
-            set; *_change = after - before; ppl_ratio = unseen perplexity after / before; – = not measured.
+            ppl_ratio, mia_auc, pass@1, ma_threshold, best_epoch, steps, seconds. "kept" = memorized secrets
+            outside the forget set; *_change = after - before; ppl_ratio = unseen perplexity after / before;
+            mia_auc = how well the loss tells the forget set from unseen code (0.5: no trace); – = not measured.
     """
     if sort not in COLUMNS:
         from fabricunlearn.config import RecipeError
@@ -169,6 +172,8 @@ def read_run(run_dir: Path) -> dict:
         "ppl_before": ppl_before,
         "ppl_after": ppl_after,
         "ppl_ratio": ppl_after / ppl_before if ppl_before else math.nan,
+        "mia_auc": num("mia", "loss"),
+        "pass@1": num("humaneval", "pass@1"),
         "ma_threshold": num("thresholds", "ma"),
         "best_epoch": num("best_epoch"),
         "steps": num("steps"),

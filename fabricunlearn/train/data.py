@@ -13,6 +13,7 @@ from fabricunlearn.config import DataArgs, ModelArgs, RecipeError
 from fabricunlearn.data.batches import TokenizedSet, tokenize_documents
 from fabricunlearn.data.formats import read_rows, read_secret_rows
 from fabricunlearn.metrics.memorization import EncodedSecrets, encode_secrets
+from fabricunlearn.metrics.sequence import encode_sequences
 
 
 @dataclass
@@ -24,6 +25,7 @@ class RunData:
     forget: TokenizedSet
     forget_secrets: EncodedSecrets
     retain: TokenizedSet | None
+    retain_sequences: list[list[int]] | None
     kept_secrets: EncodedSecrets | None
     unseen: TokenizedSet | None
     world_dir: Path | None
@@ -94,15 +96,18 @@ def load_run_data(fabric, run, needs_retain: bool) -> RunData:
     )
     max_length = min(data.max_length, positions or data.max_length)
     forget = tokenize_documents(tokenizer, forget_rows, max_length, with_secrets=True, boundary=data.mask_boundary)
-    retain = None
-    if needs_retain:
-        if data.retain is None:
-            raise RecipeError(f"data.retain: method {run.method.name!r} has a retain term and needs a retain set")
+    if needs_retain and data.retain is None:
+        raise RecipeError(f"data.retain: method {run.method.name!r} has a retain term and needs a retain set")
+    retain = retain_sequences = None
+    if data.retain is not None:  # evaluated (sequence-level MA / EL_n) even when the method does not train on it
         retain_path = data_path(data, data.retain)
         retain_rows = read_rows(retain_path)
         if not retain_rows:
             raise RecipeError(f"data.retain: {retain_path} is empty")
-        retain = tokenize_documents(tokenizer, retain_rows, min(data.retain_max_length, max_length), False)
+        retain_length = min(data.retain_max_length, max_length)
+        if needs_retain:
+            retain = tokenize_documents(tokenizer, retain_rows, retain_length, False)
+        retain_sequences = encode_sequences(tokenizer, [row["text"] for row in retain_rows], retain_length)
     kept = None
     if data.kept is not None:
         kept = encode_secrets(tokenizer, read_secret_rows(data_path(data, data.kept)), **encode)
@@ -117,6 +122,7 @@ def load_run_data(fabric, run, needs_retain: bool) -> RunData:
         forget=forget,
         forget_secrets=encode_secrets(tokenizer, forget_rows, **encode),
         retain=retain,
+        retain_sequences=retain_sequences,
         kept_secrets=kept,
         unseen=unseen,
         world_dir=world_dir(data),

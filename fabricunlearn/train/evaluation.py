@@ -120,3 +120,119 @@ def summarize(
         out[f"{prefix}/{key}"] = mean
         out[f"{prefix}/{key}_max"] = top
     return out
+
+
+@torch.no_grad()
+def evaluate_sequences(
+    fabric, model, seqs: list[list[int]], *, ns: list[int], pad_token_id: int, eos_token_id: int | None, batch_size: int
+) -> dict[str, torch.Tensor]:
+    """Per-sequence MA and EL_n (`fabricunlearn.metrics.sequence`: a retain set's own memorization), on all ranks."""
+    from fabricunlearn.metrics.sequence import sequence_el, sequence_ma
+
+    if not seqs:
+        return {"ma": torch.empty(0), **{f"el{n}": torch.empty(0) for n in ns}}
+    local = [seqs[i] for i in _shard(len(seqs), fabric)]
+    module = eval_module(fabric, model)
+    sync = rank_sync(fabric)
+    with fabric.autocast() if module is not model else nullcontext():
+        out = {"ma": sequence_ma(module, local, pad_token_id=pad_token_id, batch_size=batch_size, sync=sync)}
+        if ns:
+            ids = dict(pad_token_id=pad_token_id, eos_token_id=eos_token_id)
+            el = sequence_el(module, local, ns, **ids, batch_size=batch_size, sync=sync)
+            out.update({f"el{n}": v for n, v in el.items()})
+    return {k: _gather(fabric, v, len(seqs)) for k, v in out.items()}
+
+
+def summarize_sequences(values: dict[str, torch.Tensor], prefix: str) -> dict[str, float]:
+    """``{prefix}/{metric}``: the mean over sequences that have a value (a 1-token text has no MA)."""
+    out = {}
+    for key, v in values.items():
+        v = v[~v.isnan()]
+        out[f"{prefix}/{key}"] = float(v.mean()) if len(v) else math.nan
+    return out
+
+
+@torch.no_grad()
+def membership_scores(
+    fabric, model, data: TokenizedSet, tokenizer, *, pad_token_id: int, batch_size: int, k: float
+) -> dict[str, list[float]]:
+    """The membership-inference scores (`fabricunlearn.metrics.mia`) of every document, on all ranks. A document's
+    text for zlib is its scored tokens decoded, so a document cut to `data.max_length` is scored as it was cut."""
+    from fabricunlearn.metrics.mia import SCORES, mia_scores, token_statistics
+
+    if len(data) == 0:
+        return {name: [] for name in SCORES}
+    indices = _shard(len(data), fabric)
+    module = eval_module(fabric, model)
+    docs = [data.input_ids[i] for i in indices]
+    with fabric.autocast() if module is not model else nullcontext():
+        stats = token_statistics(module, docs, pad_token_id, batch_size)
+    rows = [mia_scores(s, tokenizer.decode(d, skip_special_tokens=True), k) for s, d in zip(stats, docs)]
+    local = torch.tensor([[row[name] for name in SCORES] for row in rows], dtype=torch.float64)
+    return {name: _gather(fabric, local[:, j].contiguous(), len(data)).tolist() for j, name in enumerate(SCORES)}
+
+
+def mia_aucs(members: dict[str, list[float]], non_members: dict[str, list[float]]) -> dict[str, float]:
+    """AUC of telling members from non-members by each score (documents without a score are left out)."""
+    from fabricunlearn.metrics.mia import auc
+
+    out: dict[str, float] = {}
+    for name in members:
+        m = [x for x in members[name] if math.isfinite(x)]
+        n = [x for x in non_members[name] if math.isfinite(x)]
+        out[name] = auc(m, n, name) if m and n else math.nan
+    return out
+
+
+def validate(fabric, model, rd, run, *, epoch: int | None, with_el: bool, full: bool) -> dict:
+    """One evaluation row: forget-set MA (and EL_n when the stopping rule needs it); kept-secret MA and retain-set MA
+    (when asked for every epoch); with `full`, every EL_n of all three, per-secret MA and the unseen perplexity.
+    `rd.forget_secrets` may be None (`fabricunlearn evaluate` with an unusable forget set)."""
+    ev = run.eval
+    kwargs = dict(pad_token_id=rd.pad_token_id, eos_token_id=rd.eos_token_id, batch_size=ev.batch_size)
+    ns = sorted(set(ev.el_ns) | {run.stop.el_n}) if full else ([run.stop.el_n] if with_el else [])
+    row: dict = {"epoch": epoch}
+    how = dict(how=ev.aggregate, batch_docs=ev.aggregate_batch_docs, world_size=fabric.world_size)
+    if rd.forget_secrets is not None:
+        forget = evaluate_secrets(fabric, model, rd.forget_secrets, ns=ns, **kwargs)
+        row.update(summarize(forget, rd.forget_secrets, "forget", **how))
+        if full:
+            row["per_secret_ma"] = forget["ma"].tolist()
+    if rd.kept_secrets is not None and (full or ev.kept_every_epoch):
+        kept = evaluate_secrets(fabric, model, rd.kept_secrets, ns=ns if full else [], **kwargs)
+        row.update(summarize(kept, rd.kept_secrets, "kept", **how))
+        if full:
+            row["per_secret_kept_ma"] = kept["ma"].tolist()
+    if rd.retain_sequences is not None and (full or ev.retain_every_epoch):
+        retain_ns = ns if full and ev.retain_el else []
+        retain = evaluate_sequences(fabric, model, rd.retain_sequences, ns=retain_ns, **kwargs)
+        row.update(summarize_sequences(retain, "retain"))
+    if full and rd.unseen is not None and len(rd.unseen):
+        small = max(1, ev.batch_size // 4)  # whole documents: fewer per pass than secrets
+        row["unseen/perplexity"] = perplexity(fabric, model, rd.unseen, pad_token_id=rd.pad_token_id, batch_size=small)
+        if rd.forget is not None and len(rd.forget):  # can the forget set still be told from unseen code?
+            kwargs = dict(pad_token_id=rd.pad_token_id, batch_size=small, k=ev.mia_k)
+            members = membership_scores(fabric, model, rd.forget, rd.tokenizer, **kwargs)
+            non_members = membership_scores(fabric, model, rd.unseen, rd.tokenizer, **kwargs)
+            row.update({f"mia/{k}": v for k, v in mia_aucs(members, non_members).items()})
+    return row
+
+
+def final_humaneval(fabric, model, rd, run, progress: bool = False) -> tuple[dict | None, list[dict], list[str]]:
+    """HumanEval on the final model, when `eval.humaneval.samples` asks for it. Returns `(summary, sample rows, what
+    was skipped and why)`."""
+    from lightning.fabric.strategies import SingleDeviceStrategy
+
+    args = run.eval.humaneval
+    if args.samples == 0:
+        return None, [], ["HumanEval: off (humaneval.samples = 0)"]
+    if not isinstance(fabric.strategy, SingleDeviceStrategy):
+        # Sampling runs different numbers of decoding steps per rank; on one process it needs no collectives.
+        return None, [], ["HumanEval: runs on one process only; run `fabricunlearn evaluate --model <run>/final`"]
+    from fabricunlearn.metrics.humaneval import run_humaneval
+
+    module = eval_module(fabric, model)
+    with fabric.autocast() if module is not model else nullcontext():
+        summary, rows = run_humaneval(module, rd.tokenizer, args, progress=progress)
+    skipped = [f"HumanEval {task_id}: {why}" for task_id, why in summary["skipped_problems"].items()]
+    return summary, rows, skipped

@@ -21,6 +21,7 @@ import yaml
 
 from fabricunlearn.config import DataArgs, EvalArgs, LogArgs, MethodArgs, ModelArgs, StopArgs, TrainArgs
 from fabricunlearn.train.data import RunData, load_run_data
+from fabricunlearn.train.evaluation import final_humaneval, validate
 from fabricunlearn.train.plan import plan_epoch, steps_per_epoch
 from fabricunlearn.train.step import train_step
 from fabricunlearn.train.stopping import StoppingRule
@@ -228,6 +229,9 @@ def main(fabric, run: RunConfig) -> Path:
         records.metrics.truncate_after(-1)
         state["before"] = validate(fabric, model, rd, run, epoch=0, with_el=True, full=True)
         state["before"].update(method.end_epoch(fabric, model, rd, 0))
+        if run.eval.humaneval.samples:  # pass@k before, to set the final one against
+            scores, _, _ = final_humaneval(fabric, model, rd, run, progress=run.log.progress_bar)
+            state["before"].update({f"humaneval/{k}": v for k, v in (scores or {}).items() if k.startswith("pass@")})
         records.log_eval(state["before"], step=0)
 
     fit(fabric, model, optimizer, scheduler, method, reference, rd, run, state, rule, records, out_dir)
@@ -332,32 +336,6 @@ def fit(fabric, model, optimizer, scheduler, method, reference, rd: RunData, run
     bar.close()
     if rule.stop_reason is None:
         rule.stop_reason = f"reached stop.max_epochs = {run.stop.max_epochs} without meeting the thresholds"
-
-
-def validate(fabric, model, rd: RunData, run, *, epoch: int, with_el: bool, full: bool) -> dict:
-    """Forget-set MA (and EL_n when the stopping rule needs it); kept-secret MA; with `full`, every EL_n and the
-    unseen perplexity."""
-    from fabricunlearn.train.evaluation import evaluate_secrets, perplexity, summarize
-
-    ev = run.eval
-    kwargs = dict(pad_token_id=rd.pad_token_id, eos_token_id=rd.eos_token_id, batch_size=ev.batch_size)
-    ns = sorted(set(ev.el_ns) | {run.stop.el_n}) if full else ([run.stop.el_n] if with_el else [])
-    row: dict = {"epoch": epoch}
-    how = dict(how=ev.aggregate, batch_docs=ev.aggregate_batch_docs, world_size=fabric.world_size)
-    forget = evaluate_secrets(fabric, model, rd.forget_secrets, ns=ns, **kwargs)
-    row.update(summarize(forget, rd.forget_secrets, "forget", **how))
-    if rd.kept_secrets is not None and (full or ev.kept_every_epoch):
-        kept = evaluate_secrets(fabric, model, rd.kept_secrets, ns=ns if full else [], **kwargs)
-        row.update(summarize(kept, rd.kept_secrets, "kept", **how))
-        if full:
-            row["per_secret_kept_ma"] = kept["ma"].tolist()
-    if full and rd.unseen is not None:
-        row["unseen/perplexity"] = perplexity(
-            fabric, model, rd.unseen, pad_token_id=rd.pad_token_id, batch_size=max(1, ev.batch_size // 4)
-        )
-    if full:
-        row["per_secret_ma"] = forget["ma"].tolist()
-    return row
 
 
 def _setup_model_and_optimizer(fabric, tr: TrainArgs, model: torch.nn.Module):

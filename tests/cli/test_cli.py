@@ -22,9 +22,9 @@ def _error_line(capsys) -> str:
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_parses(recipe):
-    from fabricunlearn.cli import _run_parser
+    from fabricunlearn.cli import run_parser
 
-    parser = _run_parser()
+    parser = run_parser()
     cfg = parser.parse_args(["--config", str(recipe)])
     init = parser.instantiate_classes(cfg)  # runs every group's validation
     assert init.method.name

@@ -71,7 +71,7 @@ def test_table_holds_the_numbers_of_the_files(runs, tmp_path, capsys):
         assert (row["kept_ma_before"], row["kept_ma_after"]) == (kb, ka)
         assert row["kept_ma_change"] == pytest.approx(ka - kb, abs=1e-15)
         assert row["ppl_ratio"] == pytest.approx(pa / pb, rel=1e-15)
-        assert math.isnan(row["retain_ma_change"])  # evaluation.json has no retain numbers today
+        assert math.isnan(row["retain_ma_change"]) and math.isnan(row["pass@1"])  # not measured in these runs
         assert (row["best_epoch"], row["steps"], row["seconds"], row["ma_threshold"]) == (1, 2, 3.5, 0.16)
     assert frame.set_index("run").loc["sscu/version_0", "args"] == "kl_weight=0.1 context_weight=0.25"
 
@@ -182,10 +182,13 @@ def test_broken_run_is_named_in_one_line(tmp_path, capsys, file, text, message):
 
 
 def test_retain_change_and_disagreeing_thresholds(tmp_path, capsys):
-    make_run(tmp_path / "a", retain={"ma": 0.7}, before={"retain": {"ma": 0.9}, "kept": None, "perplexity": None})
+    before = {"retain": {"ma": 0.9}, "kept": None, "perplexity": None}
+    measured = dict(mia={"loss": 0.61, "zlib": 0.6}, humaneval={"pass@1": 0.25, "problems": 4})
+    make_run(tmp_path / "a", retain={"ma": 0.7}, before=before, **measured)
     make_run(tmp_path / "b", kept=(0.99, 0.5), thresholds={"ma": 0.2, "el10": 0.0})
     frame = compare([tmp_path / "a", tmp_path / "b"], out_dir=tmp_path / "out").set_index("run")
     assert frame.loc["a", "retain_ma_change"] == pytest.approx(0.7 - 0.9, abs=1e-15)
+    assert (frame.loc["a", "mia_auc"], frame.loc["a", "pass@1"]) == (0.61, 0.25)
     assert math.isnan(frame.loc["a", "kept_ma_change"]) and math.isnan(frame.loc["a", "ppl_ratio"])
     assert math.isnan(frame.loc["b", "retain_ma_change"])
     out = capsys.readouterr().out
@@ -225,3 +228,7 @@ def test_two_real_runs(ci_world, tmp_path, capsys):
         assert csv.loc[method, "kept_ma_change"] == pytest.approx(kept_change, abs=1e-12)
         ppl_ratio = evaluation["perplexity"] / evaluation["before"]["perplexity"]
         assert csv.loc[method, "ppl_ratio"] == pytest.approx(ppl_ratio, rel=1e-12)
+        if method == "gd":  # the ga recipe names no retain set
+            retain_change = evaluation["retain"]["ma"] - evaluation["before"]["retain"]["ma"]
+            assert csv.loc[method, "retain_ma_change"] == pytest.approx(retain_change, abs=1e-12)
+        assert csv.loc[method, "mia_auc"] == pytest.approx(evaluation["mia"]["loss"], abs=1e-12)

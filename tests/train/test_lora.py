@@ -150,9 +150,9 @@ def test_base_weights_stay_and_the_optimizer_holds_adapters_only(lora_run, tiny_
 
 
 def test_hyperparameters_yaml_parses_back(lora_run):
-    from fabricunlearn.cli import _run_parser
+    from fabricunlearn.cli import run_parser
 
-    parser = _run_parser()
+    parser = run_parser()
     init = parser.instantiate_classes(parser.parse_args(["--config", str(lora_run / "hyperparameters.yaml")]))
     assert init.model.lora == LoraArgs(enabled=True, r=4, alpha=8.0)
 
