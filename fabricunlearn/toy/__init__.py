@@ -77,6 +77,14 @@ def ensure_world(name: str, out_dir: str | Path | None = None, progress: bool = 
     with _locked(out):
         if not rebuild and is_built(name, out):
             return out
+        # A stale world is replaced whole; a folder that is not a world at all is the user's and stays untouched
+        if out.is_dir() and any(out.iterdir()) and not (out / "world.json").is_file():
+            from fabricunlearn.config import RecipeError
+
+            raise RecipeError(
+                f"{out}: holds files but no toy world (no world.json); building {name!r} there would replace them: "
+                "choose an empty or new folder"
+            )
         tmp = out.with_name(out.name + ".building")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

@@ -79,3 +79,13 @@ def test_toy_build_reuses_a_built_world(ci_world, capsys):
     assert main(["toy", "build", "code_secrets_ci", "--out_dir", str(ci_world), "--progress", "false"]) == 0
     out = capsys.readouterr().out
     assert "code_secrets_ci" in out and "memorized" in out
+
+
+def test_a_folder_that_is_not_a_world_is_never_replaced(tmp_path, capsys):
+    from fabricunlearn.cli import main
+
+    (tmp_path / "mine.jsonl").write_text('{"text": "my own data"}\n')
+    assert main(["toy", "build", "code_secrets_ci", "--out_dir", str(tmp_path), "--progress", "false"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}: holds files but no toy world" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "mine.jsonl").read_text() == '{"text": "my own data"}\n'
