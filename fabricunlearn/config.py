@@ -204,6 +204,9 @@ class HumanEvalArgs:
 class EvalArgs:
     batch_size: int = 64
     """Secrets (or documents) per evaluation forward pass."""
+    document_batch_size: int = 4
+    """Whole documents per forward pass for perplexity and membership inference, which need the full-vocabulary
+    logits of every position (Qwen2.5: 4 x 512 tokens x 152k vocabulary = 1.2 GB in fp32)."""
     max_secret_tokens: int = 32
     """Secrets are read up to their first this many tokens (the original's 32)."""
     max_prefix_tokens: int = 128
@@ -229,6 +232,7 @@ class EvalArgs:
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.document_batch_size >= 1, "eval.document_batch_size", "must be >= 1")
         _require(self.max_secret_tokens >= 1, "eval.max_secret_tokens", "must be >= 1")
         _require(self.max_prefix_tokens >= 1, "eval.max_prefix_tokens", "must be >= 1")
         _require(all(n >= 1 for n in self.el_ns), "eval.el_ns", f"every n must be >= 1, got {self.el_ns}")

@@ -38,13 +38,16 @@ def token_statistics(
         for start in range(0, len(data), batch_size):
             batch = collate(data, list(range(start, min(start + batch_size, len(data)))), pad_token_id)
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            log_p = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].double(), dim=-1)
-            token = log_p.gather(-1, ids[:, 1:, None]).squeeze(-1)
-            mu = (log_p.exp() * log_p).sum(-1)
-            var = (log_p.exp() * log_p.square()).sum(-1) - mu.square()
-            z = (token - mu) / var.clamp_min(1e-12).sqrt()
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            # float64 one document at a time: a whole batch of full-vocabulary rows would not fit a large vocabulary
             for row, n in enumerate(mask.sum(1).tolist()):
-                out.append((token[row, : n - 1].cpu(), z[row, : n - 1].cpu()))
+                log_p = F.log_softmax(logits[row, : n - 1].double(), dim=-1)
+                token = log_p.gather(-1, ids[row, 1:n, None]).squeeze(-1)
+                p = log_p.exp()
+                mu = (p * log_p).sum(-1)
+                var = (p * log_p.square()).sum(-1) - mu.square()
+                z = (token - mu) / var.clamp_min(1e-12).sqrt()
+                out.append((token.cpu(), z.cpu()))
     return out
 
 

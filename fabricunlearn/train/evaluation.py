@@ -208,7 +208,7 @@ def validate(fabric, model, rd, run, *, epoch: int | None, with_el: bool, full: 
         retain = evaluate_sequences(fabric, model, rd.retain_sequences, ns=retain_ns, **kwargs)
         row.update(summarize_sequences(retain, "retain"))
     if full and rd.unseen is not None and len(rd.unseen):
-        small = max(1, ev.batch_size // 4)  # whole documents: fewer per pass than secrets
+        small = ev.document_batch_size
         row["unseen/perplexity"] = perplexity(fabric, model, rd.unseen, pad_token_id=rd.pad_token_id, batch_size=small)
         if rd.forget is not None and len(rd.forget):  # can the forget set still be told from unseen code?
             kwargs = dict(pad_token_id=rd.pad_token_id, batch_size=small, k=ev.mia_k)

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from fabricunlearn.cli import main
@@ -138,3 +139,17 @@ def test_bad_humaneval_settings_are_one_line(ci_world, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "top_p" in err and "Traceback" not in err
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_evaluate_on_a_gpu_in_bf16_agrees_with_the_cpu(evaluated, ci_world, tmp_path):
+    cpu = json.loads((evaluated / "evaluation.json").read_text())
+    args = ["evaluate", "--model", str(ci_world / "model"), "--recipe", str(_recipe(ci_world, tmp_path))]
+    args += ["--device", "cuda", "--precision", "bf16", "--humaneval.samples", "2", "--humaneval.limit", "3"]
+    assert main([*args, "--progress", "false", "--out_dir", str(tmp_path / "gpu")]) == 0
+    gpu = json.loads((tmp_path / "gpu" / "evaluation.json").read_text())
+    for group in ("forget", "kept", "retain"):
+        assert gpu[group]["ma"] == pytest.approx(cpu[group]["ma"], abs=0.05), group  # bf16 flips a few argmaxes
+    assert gpu["perplexity"] == pytest.approx(cpu["perplexity"], rel=0.05)
+    assert all(v > 0.95 for v in gpu["mia"].values()) and gpu["humaneval"]["problems"] == 3

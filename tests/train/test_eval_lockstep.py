@@ -1,6 +1,6 @@
 """Evaluation under a sharded strategy: every forward pass is a collective, so ranks whose shards need different
-amounts of decoding must still run the same passes (or they deadlock), and the gathered values must equal one
-process's."""
+amounts of decoding must still run the same passes (or they deadlock), and the gathered values (secret and sequence
+MA / EL_n, membership scores) must equal one process's."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ WORKER = textwrap.dedent(
     from fabricunlearn.metrics.memorization import encode_secrets
     from fabricunlearn.models import load_model_and_tokenizer
     from fabricunlearn.strategies import build_strategy, decoder_layer_classes
-    from fabricunlearn.train.evaluation import evaluate_secrets
+    from fabricunlearn.data.batches import TokenizedSet
+    from fabricunlearn.metrics.sequence import encode_sequences
+    from fabricunlearn.train.evaluation import evaluate_secrets, evaluate_sequences, membership_scores
 
     world, rows_path, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     torch.set_num_threads(1)
@@ -41,8 +43,19 @@ WORKER = textwrap.dedent(
         fabric, module, enc, ns=[3, 10], pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, batch_size=3,
     )
+    values = {k: v.tolist() for k, v in values.items()}
+    # sequence-level metrics and membership scores of 9 documents: ranks hold 5 and 4 (one stand-in)
+    texts = [row["text"] for row in read_secret_rows(rows_path)][:9]
+    seqs = encode_sequences(tokenizer, texts, 64)
+    ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    sequences = evaluate_sequences(fabric, module, seqs, ns=[3], **ids, batch_size=3)
+    values |= {f"seq_{k}": v.tolist() for k, v in sequences.items()}
+    docs = TokenizedSet([tokenizer(t)["input_ids"][:100] for t in texts])
+    pad = tokenizer.pad_token_id
+    scores = membership_scores(fabric, module, docs, tokenizer, pad_token_id=pad, batch_size=2, k=0.2)
+    values |= {f"mia_{k}": v for k, v in scores.items()}
     if fabric.global_rank == 0:
-        out.write_text(json.dumps({k: v.tolist() for k, v in values.items()}))
+        out.write_text(json.dumps(values))
     """
 )
 
@@ -66,6 +79,8 @@ def _rows(ci_world, rng: random.Random) -> list[dict]:
 def test_fsdp2_evaluation_runs_equal_passes_and_equals_one_process(ci_world, tmp_path):
     from fabricunlearn.data.formats import read_secret_rows, write_jsonl
     from fabricunlearn.metrics.memorization import encode_secrets, secret_el, secret_ma
+    from fabricunlearn.metrics.mia import SCORES, mia_scores, token_statistics
+    from fabricunlearn.metrics.sequence import encode_sequences, sequence_el, sequence_ma
     from fabricunlearn.models import load_model_and_tokenizer
 
     rows_path = tmp_path / "rows.jsonl"
@@ -91,5 +106,15 @@ def test_fsdp2_evaluation_runs_equal_passes_and_equals_one_process(ci_world, tmp
     expected.update({"el3": els[3], "el10": els[10]})
     ma = expected["ma"]
     assert ma[0::2].min() > 0.9 and ma[1::2].max() < 0.5, "the shards must differ in decoding work"
+    texts = [row["text"] for row in read_secret_rows(rows_path)][:9]
+    seqs = encode_sequences(tokenizer, texts, 64)
+    expected["seq_ma"] = sequence_ma(model, seqs, **common)
+    expected["seq_el3"] = sequence_el(model, seqs, (3,), eos_token_id=tokenizer.eos_token_id, **common)[3]
+    docs = [tokenizer(t)["input_ids"][:100] for t in texts]
+    stats = token_statistics(model, docs, tokenizer.pad_token_id, batch_size=1)
+    per_doc = [mia_scores(s, tokenizer.decode(d, skip_special_tokens=True), 0.2) for s, d in zip(stats, docs)]
+    expected |= {f"mia_{k}": torch.tensor([row[k] for row in per_doc], dtype=torch.float64) for k in SCORES}
     for key, value in expected.items():
-        torch.testing.assert_close(torch.tensor(got[key], dtype=torch.float64), value, atol=1e-12, rtol=0)
+        # scores are sums of fp32 log-probs: padding and sharded matmuls move their last bits (MA / EL are counts)
+        tolerance = 1e-6 if key.startswith("mia_") else 1e-12
+        torch.testing.assert_close(torch.tensor(got[key], dtype=torch.float64), value, atol=tolerance, rtol=0)
