@@ -22,8 +22,8 @@ class RunData:
     tokenizer: Any
     pad_token_id: int
     eos_token_id: int | None
-    forget: TokenizedSet
-    forget_secrets: EncodedSecrets
+    forget: TokenizedSet | None  # None (and forget_secrets None) only in `fabricunlearn evaluate` without a forget set
+    forget_secrets: EncodedSecrets | None
     retain: TokenizedSet | None
     retain_sequences: list[list[int]] | None
     kept_secrets: EncodedSecrets | None

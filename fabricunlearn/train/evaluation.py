@@ -186,8 +186,8 @@ def mia_aucs(members: dict[str, list[float]], non_members: dict[str, list[float]
 
 def validate(fabric, model, rd, run, *, epoch: int | None, with_el: bool, full: bool) -> dict:
     """One evaluation row: forget-set MA (and EL_n when the stopping rule needs it); kept-secret MA and retain-set MA
-    (when asked for every epoch); with `full`, every EL_n of all three, per-secret MA and the unseen perplexity.
-    `rd.forget_secrets` may be None (`fabricunlearn evaluate` with an unusable forget set)."""
+    (when asked for every epoch); with `full`, every EL_n of all three, per-secret MA, the unseen perplexity and the
+    membership-inference AUCs of the forget set against the unseen set. Sets that are None are left out."""
     ev = run.eval
     kwargs = dict(pad_token_id=rd.pad_token_id, eos_token_id=rd.eos_token_id, batch_size=ev.batch_size)
     ns = sorted(set(ev.el_ns) | {run.stop.el_n}) if full else ([run.stop.el_n] if with_el else [])
@@ -211,9 +211,9 @@ def validate(fabric, model, rd, run, *, epoch: int | None, with_el: bool, full: 
         small = ev.document_batch_size
         row["unseen/perplexity"] = perplexity(fabric, model, rd.unseen, pad_token_id=rd.pad_token_id, batch_size=small)
         if rd.forget is not None and len(rd.forget):  # can the forget set still be told from unseen code?
-            kwargs = dict(pad_token_id=rd.pad_token_id, batch_size=small, k=ev.mia_k)
-            members = membership_scores(fabric, model, rd.forget, rd.tokenizer, **kwargs)
-            non_members = membership_scores(fabric, model, rd.unseen, rd.tokenizer, **kwargs)
+            mia = dict(pad_token_id=rd.pad_token_id, batch_size=small, k=ev.mia_k)
+            members = membership_scores(fabric, model, rd.forget, rd.tokenizer, **mia)
+            non_members = membership_scores(fabric, model, rd.unseen, rd.tokenizer, **mia)
             row.update({f"mia/{k}": v for k, v in mia_aucs(members, non_members).items()})
     return row
 
