@@ -50,6 +50,7 @@ bench: setup
 	$(BIN)/python tools/bench_loop.py
 	$(BIN)/python tools/bench_metrics.py
 	$(BIN)/python tools/bench_scan.py
+	$(BIN)/python tools/bench_eval.py
 
 # Every toy recipe on the CI world, then `compare`: the table and plot of docs/methods.md (a few minutes).
 methods-table: setup

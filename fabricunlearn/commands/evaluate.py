@@ -7,6 +7,7 @@ cannot be read, or is empty, is reported in `skipped` with the reason, and the o
 
 from __future__ import annotations
 
+import sys
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +82,7 @@ def evaluate(
     limits = _thresholds(stop, base, skipped)
     fabric = _single_device_fabric(sm.device)
     run = types.SimpleNamespace(eval=ev, stop=stop)  # what `validate` and `final_humaneval` read
+    print(_plan(rd, sm.device), file=sys.stderr)  # the measuring below can take a while on a large model
     row = validate(fabric, sm.model, rd, run, epoch=None, with_el=True, full=True)
     scores, samples, not_run = final_humaneval(fabric, sm.model, rd, run, progress=progress)
     evaluation = evaluation_record(row, limits, humaneval=scores, skipped=skipped + not_run)
@@ -227,6 +229,19 @@ def _single_device_fabric(device):
     if device.type == "cuda":
         return L.Fabric(accelerator="cuda", devices=[device.index or 0], precision="32-true")
     return L.Fabric(accelerator="cpu", devices=1, precision="32-true")
+
+
+def _plan(rd, device) -> str:
+    parts = []
+    if rd.forget_secrets is not None:
+        parts.append(f"{len(rd.forget_secrets)} forget secrets")
+    if rd.kept_secrets is not None:
+        parts.append(f"{len(rd.kept_secrets)} kept secrets")
+    if rd.retain_sequences is not None:
+        parts.append(f"{len(rd.retain_sequences)} retain documents")
+    if rd.unseen is not None:
+        parts.append(f"{len(rd.unseen)} unseen documents")
+    return f"evaluate: measuring {', '.join(parts) or 'no set'} on {device}"
 
 
 def _default_out_dir(model: Path) -> Path:
