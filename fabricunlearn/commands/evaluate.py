@@ -34,6 +34,7 @@ def evaluate(
     device: str = "auto",
     precision: Precision = "32",
     progress: bool = True,
+    restart: bool = False,
 ) -> Path:
     """Evaluate a model (forgetting, collateral damage, utility, membership inference) and write evaluation.json.
 
@@ -59,9 +60,11 @@ def evaluate(
         device: `auto` (the first GPU, else the CPU), `cpu`, `cuda`, `cuda:1`, ...
         precision: Weights in `32`, `bf16` or `16`.
         progress: Show a progress bar while sampling HumanEval completions.
+        restart: Sample HumanEval from the first problem again, even where an interrupted evaluation in `out_dir`
+            left problems done (without it, those are kept and the rest is sampled, under the same settings).
     """
     from fabricunlearn.commands.inference import load_scoring_model
-    from fabricunlearn.data.formats import write_json, write_jsonl
+    from fabricunlearn.data.formats import write_json
     from fabricunlearn.report import evaluation_record
     from fabricunlearn.train.evaluation import final_humaneval, validate
 
@@ -82,18 +85,35 @@ def evaluate(
     limits = _thresholds(stop, base, skipped)
     fabric = _single_device_fabric(sm.device)
     run = types.SimpleNamespace(eval=ev, stop=stop)  # what `validate` and `final_humaneval` read
+    out = Path(out_dir) if out_dir is not None else _default_out_dir(Path(model))
+    # before the measuring: settings that do not match an interrupted evaluation's fail now, not after it
+    store = _humaneval_store(out, model, humaneval, restart) if humaneval.samples else None
     print(_plan(rd, sm.device), file=sys.stderr)  # the measuring below can take a while on a large model
     row = validate(fabric, sm.model, rd, run, epoch=None, with_el=True, full=True)
-    scores, samples, not_run = final_humaneval(fabric, sm.model, rd, run, progress=progress)
+    scores, _, not_run = final_humaneval(fabric, sm.model, rd, run, progress=progress, store=store)
+    if store is not None:
+        store.close(finished=True)
     evaluation = evaluation_record(row, limits, humaneval=scores, skipped=skipped + not_run)
     evaluation["model"] = str(model)
     evaluation["sets"] = {name: str(path) if path is not None else None for name, path in paths.items()}
-    out = Path(out_dir) if out_dir is not None else _default_out_dir(Path(model))
     write_json(out / "evaluation.json", evaluation)
-    if samples:
-        write_jsonl(out / "humaneval_samples.jsonl", samples)
     print(_summary(evaluation, out))
     return out
+
+
+def _humaneval_store(out: Path, model: Path, args: HumanEvalArgs, restart: bool):
+    """humaneval_samples.jsonl, written problem by problem: an interrupted evaluation resumes at the next problem.
+    A finished file from an earlier evaluation is replaced. `limit` and `workers` may change between runs: the
+    samples and outcomes do not depend on them."""
+    from dataclasses import asdict
+
+    from fabricunlearn.data.resumable import ResumableJSONL
+
+    output = out / "humaneval_samples.jsonl"
+    same = {k: v for k, v in asdict(args).items() if k not in ("limit", "workers")}
+    settings = {"model": str(Path(model).resolve())} | same
+    state = {"rows": 0, "bytes": 0, "last_doc_id": None}
+    return ResumableJSONL(output, settings, state, restart=restart or output.exists(), what="HumanEval evaluation")
 
 
 def _recipe_settings(recipe: Path | None) -> tuple[DataArgs, EvalArgs, StopArgs, str | None]:

@@ -1,4 +1,5 @@
-"""A JSONL output that long commands (`scan`, `probe`) write in chunks and resume after an interruption.
+"""A JSONL output that long commands (`scan`, `probe`, HumanEval in `evaluate`) write in chunks and resume after an
+interruption.
 
 Rows are appended to ``OUTPUT.partial``; after every chunk the file is synced and a sidecar ``OUTPUT.partial.json``
 records the settings and the command's state, including the byte length of the partial file. A resumed run cuts
@@ -75,6 +76,12 @@ class ResumableJSONL:
 
         if doc_id is None or not same_id(doc_id, self.state["last_doc_id"]):
             raise RecipeError(f"{self.partial} does not match {source} (row {index}); pass --restart to start over")
+
+    def rows_written(self) -> list[dict]:
+        """The rows already in the partial file (after a resume: those of the recorded state)."""
+        if not self.partial.exists():
+            return []
+        return [json.loads(line) for line in self.partial.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def append(self, rows: list[dict], n_input: int, last_doc_id: object) -> None:
         """Write the output rows of ``n_input`` more input rows, sync, then record the state."""

