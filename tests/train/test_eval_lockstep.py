@@ -46,7 +46,7 @@ WORKER = textwrap.dedent(
     values = {k: v.tolist() for k, v in values.items()}
     # sequence-level metrics and membership scores of 9 documents: ranks hold 5 and 4 (one stand-in)
     texts = [row["text"] for row in read_secret_rows(rows_path)][:9]
-    seqs = encode_sequences(tokenizer, texts, 64)
+    seqs = encode_sequences(tokenizer, texts, 32)
     ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     sequences = evaluate_sequences(fabric, module, seqs, ns=[3], **ids, batch_size=3)
     values |= {f"seq_{k}": v.tolist() for k, v in sequences.items()}
@@ -107,7 +107,7 @@ def test_fsdp2_evaluation_runs_equal_passes_and_equals_one_process(ci_world, tmp
     ma = expected["ma"]
     assert ma[0::2].min() > 0.9 and ma[1::2].max() < 0.5, "the shards must differ in decoding work"
     texts = [row["text"] for row in read_secret_rows(rows_path)][:9]
-    seqs = encode_sequences(tokenizer, texts, 64)
+    seqs = encode_sequences(tokenizer, texts, 32)
     expected["seq_ma"] = sequence_ma(model, seqs, **common)
     expected["seq_el3"] = sequence_el(model, seqs, (3,), eos_token_id=tokenizer.eos_token_id, **common)[3]
     docs = [tokenizer(t)["input_ids"][:100] for t in texts]
