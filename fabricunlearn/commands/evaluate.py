@@ -66,6 +66,7 @@ def evaluate(
     from fabricunlearn.commands.inference import load_scoring_model
     from fabricunlearn.data.formats import write_json
     from fabricunlearn.report import evaluation_record
+    from fabricunlearn.train.data import data_path
     from fabricunlearn.train.evaluation import final_humaneval, validate
 
     data, ev, stop, recipe_tokenizer = _recipe_settings(recipe)
@@ -76,7 +77,7 @@ def evaluate(
         stop = StopArgs(thresholds=thresholds, el_n=stop.el_n)
     base = _world_dir(data)
     paths = {
-        name: flag if flag is not None else _recipe_path(data, getattr(data, name), base)
+        name: flag if flag is not None else data_path(data, getattr(data, name))
         for name, flag in (("forget", forget), ("retain", retain), ("kept", kept), ("unseen", unseen))
     }
     sm = load_scoring_model(model, tokenizer or recipe_tokenizer, device, precision)
@@ -143,12 +144,6 @@ def _world_dir(data: DataArgs) -> Path | None:
     from fabricunlearn.train.data import world_dir
 
     return ensure_world(data.world, world_dir(data), progress=True)
-
-
-def _recipe_path(data: DataArgs, value: str | None, base: Path | None) -> Path | None:
-    if value is None:
-        return None
-    return base / value if base is not None and not Path(value).is_absolute() else Path(value)
 
 
 def _part(what: str, load: Callable[[], T], skipped: list[str]) -> T | None:
