@@ -27,7 +27,8 @@ def finish_run(fabric, model, rd, run, state: dict, rule, out_dir: Path) -> Path
     thresholds = {"ma": rule.ma_threshold, f"el{run.stop.el_n}": rule.el_threshold}
     evaluation = evaluation_record(after, thresholds, humaneval=humaneval, skipped=skipped)
     before = state["before"]
-    evaluation["before"] = {key: evaluation_record(before, None)[key] for key in ("forget", "kept", "retain", "mia")}
+    earlier = evaluation_record(before, None)
+    evaluation["before"] = {key: earlier[key] for key in ("forget", "kept", "retain", "mia")}
     evaluation["before"]["perplexity"] = before.get("unseen/perplexity")
     evaluation["before"]["humaneval"] = group(before, "humaneval", PASS_KEYS)
     evaluation["per_secret_ma"] = {  # what per_secret_ma.png shows, in the order of the sets' secrets
@@ -181,8 +182,7 @@ def _markdown(run, ev: dict, plots: list[str], out_dir: Path) -> str:
 
 def write_plots(rows, before, after, ma_threshold, el_threshold, el_n, out_dir: Path) -> list[str]:
     """The report's PNGs, named relative to `out_dir`."""
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     figures = {
         "memorization_per_epoch.png": memorization_figure(rows, ma_threshold, el_threshold, el_n),
         "per_secret_ma.png": per_secret_figure(before, after, ma_threshold),

@@ -76,7 +76,6 @@ def sample_completions(
     max_length: int = 512,
     batch_size: int = 50,
     seed: int = 42,
-    progress: bool = False,
 ) -> tuple[dict[str, list[str]], dict[str, str]]:
     """`samples` completions per task (batched, KV-cached sampling with `generate`) and the tasks skipped, with why.
 
@@ -84,8 +83,6 @@ def sample_completions(
     Each task's samples are seeded from `seed` and its position, so `limit` does not change them; the random state of
     the caller is restored afterwards.
     """
-    from tqdm.auto import tqdm
-
     from fabricunlearn.metrics.decoding import eval_mode
     from fabricunlearn.models import context_length
 
@@ -95,7 +92,6 @@ def sample_completions(
     completions: dict[str, list[str]] = {}
     skipped: dict[str, str] = {}
     stop_strings = list(STOP_SEQUENCES)
-    bar = tqdm(total=len(tasks) * samples, desc="humaneval samples", unit="sample", disable=not progress)
     # The caller's random state is left as it was: sampling before training must not change the training run.
     devices = [device] if device.type == "cuda" else []
     with eval_mode(model), torch.random.fork_rng(devices=devices):
@@ -104,7 +100,6 @@ def sample_completions(
             ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
             if ids.shape[1] >= limit:
                 skipped[task_id] = f"prompt of {ids.shape[1]} tokens leaves no room within {limit}"
-                bar.update(samples)
                 continue
             torch.manual_seed(seed + number)
             texts: list[str] = []
@@ -129,9 +124,7 @@ def sample_completions(
                     stop_strings = None
                     out = model.generate(ids, **settings)
                 texts += [_completion(tokenizer, ids[0], row[ids.shape[1] :]) for row in out]
-                bar.update(rows)
             completions[task_id] = texts
-    bar.close()
     return completions, skipped
 
 

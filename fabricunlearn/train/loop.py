@@ -230,8 +230,10 @@ def main(fabric, run: RunConfig) -> Path:
         state["before"] = validate(fabric, model, rd, run, epoch=0, with_el=True, full=True)
         state["before"].update(method.end_epoch(fabric, model, rd, 0))
         if run.eval.humaneval.samples:  # pass@k before, to set the final one against
+            from fabricunlearn.report import PASS_KEYS
+
             scores, _, _ = final_humaneval(fabric, model, rd, run, progress=run.log.progress_bar)
-            state["before"].update({f"humaneval/{k}": v for k, v in (scores or {}).items() if k.startswith("pass@")})
+            state["before"].update({f"humaneval/{k}": v for k, v in (scores or {}).items() if k in PASS_KEYS})
         records.log_eval(state["before"], step=0)
 
     fit(fabric, model, optimizer, scheduler, method, reference, rd, run, state, rule, records, out_dir)
